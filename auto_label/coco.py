@@ -1,0 +1,219 @@
+"""Load and validate COCO instance files.
+
+Every problem is reported as one `CocoFormatError` naming the file, the record (list index and id) and
+the field, so that a bad annotation file stops a run before any model work instead of failing hours in.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+MAX_REPORTED_PROBLEMS = 20
+
+
+class CocoFormatError(ValueError):
+    """A COCO file that cannot be used; the message names file, record and field."""
+
+
+def read_json(path: str | Path) -> dict:
+    """Read a JSON object, turning I/O, encoding and syntax problems into one clear error."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise CocoFormatError(f"{path}: file not found") from None
+    except OSError as e:
+        raise CocoFormatError(f"{path}: cannot read file: {e.strerror or e}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise CocoFormatError(f"{path}: not UTF-8 text (byte offset {e.start})") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise CocoFormatError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+    if not isinstance(data, dict):
+        raise CocoFormatError(f"{path}: top level must be a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _record(section: str, index: int, record) -> str:
+    if isinstance(record, dict) and "id" in record:
+        return f"{section}[{index}] (id {record['id']!r})"
+    return f"{section}[{index}]"
+
+
+def _check_image(image) -> list[tuple[str, str]]:
+    if not isinstance(image, dict):
+        return [("", f"must be an object, got {type(image).__name__}")]
+    problems = []
+    if not _is_int(image.get("id")):
+        problems.append(("id", f"must be an integer, got {image.get('id')!r}"))
+    name = image.get("file_name")
+    if not isinstance(name, str) or not name:
+        problems.append(("file_name", f"must be a non-empty string, got {name!r}"))
+    for key in ("width", "height"):
+        value = image.get(key)
+        if not _is_int(value) or value <= 0:
+            problems.append((key, f"must be a positive integer, got {value!r}"))
+    return problems
+
+
+def _check_category(category) -> list[tuple[str, str]]:
+    if not isinstance(category, dict):
+        return [("", f"must be an object, got {type(category).__name__}")]
+    problems = []
+    if not _is_int(category.get("id")):
+        problems.append(("id", f"must be an integer, got {category.get('id')!r}"))
+    if not isinstance(category.get("name"), str):
+        problems.append(("name", f"must be a string, got {category.get('name')!r}"))
+    return problems
+
+
+def _check_annotation(ann) -> list[tuple[str, str]]:
+    if not isinstance(ann, dict):
+        return [("", f"must be an object, got {type(ann).__name__}")]
+    problems = []
+    for key in ("id", "image_id", "category_id"):
+        if not _is_int(ann.get(key)):
+            problems.append((key, f"must be an integer, got {ann.get(key)!r}"))
+    bbox = ann.get("bbox")
+    if not isinstance(bbox, list) or len(bbox) != 4:
+        n = len(bbox) if isinstance(bbox, list) else type(bbox).__name__
+        problems.append(("bbox", f"must be a list of 4 numbers [x, y, width, height], got {n}"))
+    elif not all(_is_number(v) for v in bbox):
+        problems.append(("bbox", f"must hold 4 finite numbers, got {bbox!r}"))
+    elif bbox[2] < 0 or bbox[3] < 0:
+        problems.append(("bbox", f"width and height must not be negative, got {bbox!r}"))
+    if ann.get("iscrowd", 0) not in (0, 1):
+        problems.append(("iscrowd", f"must be 0 or 1, got {ann.get('iscrowd')!r}"))
+    if "score" in ann and not _is_number(ann["score"]):
+        problems.append(("score", f"must be a finite number, got {ann['score']!r}"))
+    return problems
+
+
+def validate_coco(data: dict, path: str | Path, require_annotations: bool = True) -> None:
+    """Check structure, types, box sizes, unique ids and references; raise one error listing problems."""
+    problems: list[str] = []
+
+    def add(where: str, fieldname: str, message: str) -> None:
+        problems.append(f"{where}: field '{fieldname}': {message}" if fieldname else f"{where}: {message}")
+
+    sections = ("images", "annotations", "categories") if require_annotations else ("images", "categories")
+    for key in sections:
+        if key not in data:
+            raise CocoFormatError(f"{path}: missing top-level key '{key}'")
+        if not isinstance(data[key], list):
+            raise CocoFormatError(f"{path}: top-level '{key}' must be a list, got {type(data[key]).__name__}")
+    checks = {"images": _check_image, "categories": _check_category, "annotations": _check_annotation}
+    for section in ("images", "categories", "annotations"):
+        seen: dict[int, int] = {}
+        for index, record in enumerate(data.get(section, [])):
+            where = _record(section, index, record)
+            for fieldname, message in checks[section](record):
+                add(where, fieldname, message)
+            rid = record.get("id") if isinstance(record, dict) else None
+            if _is_int(rid):
+                if rid in seen:
+                    add(where, "id", f"duplicate id {rid} (first at {section}[{seen[rid]}])")
+                seen.setdefault(rid, index)
+        if problems:
+            break
+    if not problems:
+        image_ids = {im["id"] for im in data["images"]}
+        category_ids = {c["id"] for c in data["categories"]}
+        for index, ann in enumerate(data.get("annotations", [])):
+            where = _record("annotations", index, ann)
+            if ann["image_id"] not in image_ids:
+                add(where, "image_id", f"unknown image id {ann['image_id']}")
+            if ann["category_id"] not in category_ids:
+                add(where, "category_id", f"unknown category id {ann['category_id']}")
+    if problems:
+        shown = problems[:MAX_REPORTED_PROBLEMS]
+        more = len(problems) - len(shown)
+        tail = f"\n  ... and {more} more" if more else ""
+        raise CocoFormatError(f"{path}: invalid COCO file:\n  " + "\n  ".join(shown) + tail)
+
+
+def resolve_image_path(image_dir: str | Path, file_name: str, allow_outside: bool = False) -> Path:
+    """Join `file_name` to `image_dir`, refusing names that escape the directory (../, absolute, links)."""
+    root = Path(image_dir).resolve()
+    path = (root / file_name).resolve()
+    if not allow_outside and not path.is_relative_to(root):
+        raise CocoFormatError(f"image file_name {file_name!r} points outside the image directory {root}")
+    return path
+
+
+@dataclass
+class CocoFile:
+    """A validated COCO file with its image directory and indexes for lookups."""
+
+    path: Path
+    data: dict
+    image_dir: Path
+    images_by_id: dict[int, dict] = field(init=False)
+    categories_by_id: dict[int, dict] = field(init=False)
+    annotation_indices_by_image: dict[int, list[int]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.images_by_id = {im["id"]: im for im in self.data["images"]}
+        self.categories_by_id = {c["id"]: c for c in self.data["categories"]}
+        self.annotation_indices_by_image = defaultdict(list)
+        for index, ann in enumerate(self.data.get("annotations", [])):
+            self.annotation_indices_by_image[ann["image_id"]].append(index)
+
+    @property
+    def images(self) -> list[dict]:
+        return self.data["images"]
+
+    @property
+    def annotations(self) -> list[dict]:
+        return self.data.get("annotations", [])
+
+    @property
+    def categories(self) -> list[dict]:
+        return self.data["categories"]
+
+    def image_path(self, image: dict, allow_outside: bool = False) -> Path:
+        return resolve_image_path(self.image_dir, image["file_name"], allow_outside)
+
+
+def load_coco(
+    path: str | Path,
+    image_dir: str | Path | None = None,
+    check_image_files: bool = True,
+    require_annotations: bool = True,
+    allow_outside_image_dir: bool = False,
+) -> CocoFile:
+    """Read and validate a COCO file; `image_dir` defaults to the JSON's folder."""
+    path = Path(path)
+    data = read_json(path)
+    validate_coco(data, path, require_annotations=require_annotations)
+    coco = CocoFile(path=path, data=data, image_dir=Path(image_dir) if image_dir else path.parent)
+    if check_image_files:
+        if not coco.image_dir.is_dir():
+            raise CocoFormatError(f"{path}: image directory {coco.image_dir} does not exist")
+        missing = []
+        for index, image in enumerate(coco.images):
+            try:
+                image_path = coco.image_path(image, allow_outside_image_dir)
+            except CocoFormatError as e:
+                raise CocoFormatError(f"{path}: {_record('images', index, image)}: field 'file_name': {e}")
+            if not image_path.is_file():
+                missing.append(f"{_record('images', index, image)}: field 'file_name': {image_path} not found")
+        if missing:
+            more = f"\n  ... and {len(missing) - 5} more" if len(missing) > 5 else ""
+            raise CocoFormatError(f"{path}: image files missing:\n  " + "\n  ".join(missing[:5]) + more)
+    return coco

@@ -1,0 +1,97 @@
+"""Write results without holding them in memory, and never leave a half-written final file.
+
+Labelers append finished records to JSONL shard files as they go; the final COCO JSON is then
+streamed from the shards into a temporary file that atomically replaces the destination.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+
+def dumps(record) -> str:
+    """Compact, deterministic JSON (same input -> same bytes)."""
+    return json.dumps(record, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | Path, mode: str = "w"):
+    """Open a temporary file beside `path`; on success fsync it and rename it over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def check_writable(directory: str | Path) -> None:
+    """Fail early, with a clear message, when results could not be written."""
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as e:
+        raise OSError(f"results directory {directory} is not writable: {e.strerror or e}") from None
+
+
+class JsonlWriter:
+    """Append JSON lines to a file, flushed after every batch of records."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = self.path.open("w", encoding="utf-8")
+        self.count = 0
+
+    def write(self, records: Iterable[dict]) -> None:
+        for record in records:
+            self._file.write(dumps(record) + "\n")
+            self.count += 1
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def read_jsonl(path: str | Path) -> Iterator[dict]:
+    with Path(path).open(encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                yield json.loads(line)
+
+
+def write_coco(path: str | Path, header: dict, annotations: Iterable[dict]) -> int:
+    """Stream a COCO file: `header`'s keys in order, then `annotations` one by one. Returns their count."""
+    count = 0
+    with atomic_write(path) as f:
+        f.write("{")
+        for key, value in header.items():
+            if key != "annotations":
+                f.write(f"{dumps(key)}:{dumps(value)},")
+        f.write('"annotations":[')
+        for ann in annotations:
+            f.write(("," if count else "") + "\n" + dumps(ann))
+            count += 1
+        f.write("\n]}\n")
+    return count
+
+
+def write_jsonl(path: str | Path, records: Iterable[dict]) -> None:
+    """Write a whole JSONL file atomically."""
+    with atomic_write(path) as f:
+        for record in records:
+            f.write(dumps(record) + "\n")

@@ -1,0 +1,93 @@
+"""Command line: `python -m gdino label ...` (Lightning predict) and `python -m gdino evaluate ...`.
+
+`label` is a LightningCLI over GroundingDinoLabeler + GroundingDinoDataModule + CocoPredictionWriter,
+so every constructor argument is an option (--model.*, --data.*, --writer.*, --trainer.*) and a YAML
+--config can hold them all. Bad configuration or input ends with one error line and exit status 2.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+
+from jsonargparse import ArgumentParser
+from lightning.pytorch.cli import LightningCLI
+
+from auto_label.coco import CocoFormatError
+from gdino.data import GroundingDinoDataModule
+from gdino.errors import GDinoError
+from gdino.evaluate import evaluate, format_report, write_metrics
+from gdino.module import GroundingDinoLabeler
+from gdino.writer import CocoPredictionWriter
+
+USAGE = """usage: python -m gdino {label,evaluate} ...
+
+  label      detect boxes for text prompts and write a COCO file
+             python -m gdino label --config configs/gdino/tiny.yaml --data.image_dir photos/ \\
+                 --data.class_names '[person, car, "traffic light"]' --output labels.json
+  evaluate   COCO box AP/AR of labels against ground truth, per class
+             python -m gdino evaluate --pred labels.json --gt gt.json
+
+Run `python -m gdino label --help` for every option."""
+
+TRAINER_DEFAULTS = {
+    "devices": 1,
+    "logger": False,
+    "enable_checkpointing": False,
+    "enable_model_summary": False,
+    "use_distributed_sampler": False,  # SizeGroupedBatchSampler splits batches across ranks itself
+}
+
+
+class LabelCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_argument("--output", required=True, help="COCO JSON file to write")
+        parser.add_lightning_class_args(CocoPredictionWriter, "writer")
+        parser.link_arguments("output", "writer.output")
+
+
+def label(args: list[str]) -> None:
+    # `args` are the command line minus "label"; LightningCLI warns whenever sys.argv is also set
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+    cli = LabelCLI(
+        GroundingDinoLabeler,
+        GroundingDinoDataModule,
+        run=False,
+        args=args,
+        trainer_defaults=TRAINER_DEFAULTS,
+        save_config_callback=None,
+        auto_configure_optimizers=False,
+        seed_everything_default=False,
+        parser_kwargs={"prog": "python -m gdino label", "description": "Label images with Grounding DINO"},
+    )
+    cli.trainer.predict(cli.model, datamodule=cli.datamodule, return_predictions=False)
+
+
+def evaluate_command(args: list[str]) -> None:
+    parser = ArgumentParser(prog="python -m gdino evaluate", description=evaluate.__doc__)
+    parser.add_argument("--pred", required=True, help="labels COCO file (written by `label`)")
+    parser.add_argument("--gt", required=True, help="ground-truth COCO file")
+    parser.add_argument("--output", default=None, help="also write the metrics as JSON here")
+    cfg = parser.parse_args(args)
+    metrics = evaluate(cfg.pred, cfg.gt)
+    print(format_report(metrics))
+    if cfg.output:
+        write_metrics(metrics, cfg.output)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    commands = {"label": label, "evaluate": evaluate_command}
+    if not argv or argv[0] not in commands:
+        print(USAGE, file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    try:
+        commands[argv[0]](argv[1:])
+    except (GDinoError, CocoFormatError) as e:
+        print(f"gdino {argv[0]}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,222 @@
+"""Multi-pass ("annealing") Grounding DINO labeling as a Lightning predict step.
+
+Pass k asks the model only about the (image, class) pairs that have no box yet, with the k-th,
+usually lower, confidence threshold; images with no detection at all are asked about every class
+again (TAO never re-queries them). Labeling stops as soon as nothing is left to ask. Boxes from all
+chunks and passes are then merged (see gdino.aggregate); each box keeps the pass and threshold that
+produced it.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import lightning as L
+import torch
+from torchvision.ops import batched_nms, box_convert
+
+from gdino.aggregate import METHODS, aggregate
+from gdino.errors import GDinoError
+from gdino.model import load_detector
+from gdino.prompts import PromptTokenizer, sanitize_name
+from gdino.schedule import build_schedule, class_threshold_table, plan_pass, select_pairs
+
+
+class GroundingDinoLabeler(L.LightningModule):
+    """Label images with boxes from text prompts.
+
+    Args:
+        path: Hugging Face model directory (Grounding DINO or MM-Grounding-DINO) or original IDEA .pth.
+        architecture: for a .pth only: tiny, base, or a config.json path.
+        tokenizer: directory with the tokenizer (vocab.txt); defaults to the model directory.
+        precision: fp32, bf16 or fp16 weights and activations.
+        iteration_scheduler: TAO passes [{conf_threshold, nms_threshold}]; nms_threshold 0 = no NMS.
+        schedule: generated passes {type: step|exponential|cosine, start, end, num_passes[, nms_threshold]}.
+        class_thresholds: {class name: threshold} replacing the pass threshold for those classes.
+        aggregation: merging of all chunks and passes: nms, agnostic_nms, dbscan, wbf or none.
+        aggregation_iou: IoU at which boxes count as the same object for the aggregation.
+        max_dets_per_image: keep at most this many boxes per image (best scores first).
+        image_size: resize override {shortest_edge, longest_edge}; default: the model's processor.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        architecture: str | None = None,
+        tokenizer: str | None = None,
+        precision: Literal["fp32", "bf16", "fp16"] = "fp32",
+        iteration_scheduler: list[dict] | None = None,
+        schedule: dict | None = None,
+        class_thresholds: dict[str, float] | None = None,
+        aggregation: Literal["nms", "agnostic_nms", "dbscan", "wbf", "none"] = "nms",
+        aggregation_iou: float = 0.5,
+        max_dets_per_image: int | None = 100,
+        image_size: dict[str, int] | None = None,
+    ):
+        super().__init__()
+        if aggregation not in METHODS:
+            raise GDinoError(f"model.aggregation: must be one of {', '.join(METHODS)}; got {aggregation!r}")
+        if max_dets_per_image is not None and max_dets_per_image < 1:
+            raise GDinoError(f"model.max_dets_per_image: must be >= 1 or null, got {max_dets_per_image}")
+        if image_size is not None and set(image_size) != {"shortest_edge", "longest_edge"}:
+            raise GDinoError(
+                f"model.image_size: needs exactly shortest_edge and longest_edge, got {image_size}"
+            )
+        self.passes = build_schedule(iteration_scheduler, schedule)
+        self.class_thresholds = class_thresholds
+        self.aggregation, self.aggregation_iou = aggregation, aggregation_iou
+        self.max_dets = max_dets_per_image
+        self.image_size = image_size
+        detector = load_detector(path, architecture, tokenizer, precision)
+        self.model = detector.model
+        self.tokenizer, self.image_processor = detector.tokenizer, detector.image_processor
+        self.input_dtype = detector.dtype
+        self.vocabulary = None
+
+    def set_vocabulary(self, vocabulary) -> None:
+        """Tokenise the prompts once and resolve per-class thresholds against the class names."""
+        self.vocabulary = vocabulary
+        self.prompt_tokens = PromptTokenizer(
+            self.tokenizer, vocabulary.prompts, self.model.config.max_text_len
+        )
+        self.threshold_override = class_threshold_table(
+            self.class_thresholds, vocabulary.class_names, sanitize_name
+        )
+
+    def on_predict_start(self) -> None:
+        if self.vocabulary is None:
+            self.set_vocabulary(self.trainer.datamodule.vocabulary)
+
+    def predict_step(self, batch: list[dict], batch_idx: int = 0) -> list[dict]:
+        """One output record per input image, in batch order; undecodable images give error records."""
+        records = {}
+        good = [r for r in batch if r["error"] is None]
+        by_size: dict = {}
+        for r in good:  # the sampler groups by header size; decoding is the final word
+            by_size.setdefault(r["image"].shape[:2], []).append(r)
+        for group in by_size.values():
+            for record in self.label_images(group):
+                records[record["index"]] = record
+        for r in batch:
+            if r["error"] is not None:
+                records[r["item"].index] = {
+                    "index": r["item"].index,
+                    "file_name": r["item"].file_name,
+                    "error": r["error"],
+                }
+        return [records[r["item"].index] for r in batch]
+
+    @torch.no_grad()
+    def _scores(self, pixel_values, pixel_mask, chunk) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per (query, prompt) scores: token probabilities averaged over each prompt's span."""
+        n = pixel_values.shape[0]
+        input_ids = torch.tensor([chunk.input_ids] * n, device=self.device)
+        out = self.model(
+            pixel_values=pixel_values,
+            pixel_mask=pixel_mask,
+            input_ids=input_ids,
+            attention_mask=torch.ones_like(input_ids),
+            token_type_ids=torch.zeros_like(input_ids),
+        )
+        positive_map = chunk.positive_map(out.logits.shape[-1]).to(self.device)
+        return out.logits.float().sigmoid() @ positive_map.T, out.pred_boxes.float()
+
+    def _query(self, pixel_values, pixel_mask, chunk, step, scale) -> list[tuple]:
+        """One caption over same-size images: per image (boxes xyxy px, scores, prompts, thresholds)."""
+        vocab = self.vocabulary
+        chunk_prompts = torch.tensor(chunk.prompts, device=self.device)
+        thresholds = torch.tensor(
+            [self.threshold_override.get(vocab.prompt_class[p], step.conf_threshold) for p in chunk.prompts],
+            device=self.device,
+        )
+        scores, boxes = self._scores(pixel_values, pixel_mask, chunk)
+        xyxy = torch.minimum((box_convert(boxes, "cxcywh", "xyxy") * scale).clamp_min(0), scale)
+        hits = []
+        for j in range(len(scores)):
+            q, c = select_pairs(scores[j], thresholds)
+            hits.append((xyxy[j, q], scores[j, q, c], chunk_prompts[c], thresholds[c]))
+        return hits
+
+    def label_images(self, records: list[dict]) -> list[dict]:
+        """Run every pass over same-size images and return their merged detections."""
+        vocab = self.vocabulary
+        items = [r["item"] for r in records]
+        height, width = records[0]["image"].shape[:2]
+        kwargs = {"size": self.image_size} if self.image_size else {}
+        inputs = self.image_processor([r["image"] for r in records], return_tensors="pt", **kwargs)
+        pixel_values = inputs["pixel_values"].to(self.device, self.input_dtype)
+        pixel_mask = inputs["pixel_mask"].to(self.device)
+        scale = torch.tensor([width, height, width, height], device=self.device, dtype=torch.float32)
+        prompt_class = torch.tensor(vocab.prompt_class, device=self.device)
+        all_prompts = tuple(range(len(vocab.prompts)))
+        image_prompts = [it.prompts if it.prompts is not None else all_prompts for it in items]
+        remaining = [{vocab.prompt_class[p] for p in prompts} for prompts in image_prompts]
+        found: list[list[tuple]] = [[] for _ in items]  # per pass: (boxes, scores, prompts, thresholds, pass)
+        trace: list[list[dict]] = [[] for _ in items]
+        for k, step in enumerate(self.passes):
+            plan = plan_pass(image_prompts, vocab.prompt_class, remaining)
+            if not plan:
+                break
+            new: list[list[tuple]] = [[] for _ in items]
+            for prompts, members in plan.items():
+                queried = sorted({vocab.category_ids[vocab.prompt_class[p]] for p in prompts})
+                for i in members:
+                    trace[i].append({"pass": k, "queried": queried})
+                for chunk in self.prompt_tokens.chunks(prompts):
+                    hits = self._query(pixel_values[members], pixel_mask[members], chunk, step, scale)
+                    for i, hit in zip(members, hits):
+                        new[i].append(hit)
+            for i, parts in enumerate(new):
+                if not parts:  # not queried in this pass
+                    continue
+                boxes, scores, prompts, thresholds = (torch.cat(t) for t in zip(*parts))
+                if len(boxes) == 0:
+                    continue
+                if step.nms_threshold > 0:  # TAO's per-pass NMS, per class
+                    keep = batched_nms(boxes, scores, prompt_class[prompts], step.nms_threshold).sort().values
+                    boxes, scores, prompts, thresholds = (
+                        boxes[keep],
+                        scores[keep],
+                        prompts[keep],
+                        thresholds[keep],
+                    )
+                remaining[i] -= set(prompt_class[prompts].tolist())
+                found[i].append((boxes, scores, prompts, thresholds, torch.full_like(prompts, k)))
+        return [self._record(it, height, width, parts, tr) for it, parts, tr in zip(items, found, trace)]
+
+    def _record(self, item, height: int, width: int, parts: list[tuple], trace: list[dict]) -> dict:
+        vocab = self.vocabulary
+        record = {
+            "index": item.index,
+            "image_id": item.image_id,
+            "file_name": item.file_name,
+            "height": height,
+            "width": width,
+            "passes": trace,
+            "detections": [],
+        }
+        if item.caption is not None:
+            record["caption"] = item.caption
+        if not parts:
+            return record
+        boxes, scores, prompts, thresholds, passes = (torch.cat(t).cpu() for t in zip(*parts))
+        labels = torch.tensor([vocab.prompt_class[p] for p in prompts.tolist()])
+        boxes, scores, source = aggregate(
+            boxes, scores, labels, self.aggregation, self.aggregation_iou, self.max_dets
+        )
+        for box, score, s in zip(boxes.tolist(), scores.tolist(), source.tolist()):
+            prompt = int(prompts[s])
+            cls = vocab.prompt_class[prompt]
+            x1, y1, x2, y2 = box
+            record["detections"].append(
+                {
+                    "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
+                    "category_id": vocab.category_ids[cls],
+                    "class": vocab.class_names[cls],
+                    "prompt": vocab.prompts[prompt],
+                    "score": round(score, 4),
+                    "pass": int(passes[s]),
+                    "threshold": round(float(thresholds[s]), 6),
+                }
+            )
+        return record

@@ -1,0 +1,223 @@
+"""COCO data for MAL: one training sample per box, one evaluation/prediction sample per image.
+
+Training decodes the image, cuts a randomly expanded crop (outside pixels wrap around), resizes it and
+returns a clean view for the teacher and a photometrically augmented view for the student, with the
+same geometry. Evaluation and prediction return the decoded image once with all its boxes and their
+fixed 1.3x crop boxes; the model crops them on the device in one batched op.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
+
+from auto_label.coco import CocoFile, load_coco
+from auto_label.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
+from auto_label.masks import segmentation_to_mask
+from mal.crops import box_mask_in_crop, crop_wrapped, expand_box, random_margins, fixed_margins, xywh_to_xyxy
+
+log = logging.getLogger(__name__)
+
+
+def student_augmentation() -> v2.Transform:
+    """Photometric noise for the student only (the teacher sees the clean crop)."""
+    return v2.Compose([
+        v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.5),
+        v2.RandomGrayscale(p=0.2),
+        v2.RandomApply([v2.GaussianBlur(kernel_size=9, sigma=(0.1, 2.0))], p=0.5),
+    ])
+
+
+def trainable_annotations(coco: CocoFile, min_obj_size: float, max_obj_size: float) -> list[int]:
+    """Indices of non-crowd annotations whose box area is within [min_obj_size, max_obj_size]."""
+    keep = []
+    for index, ann in enumerate(coco.annotations):
+        area = ann["bbox"][2] * ann["bbox"][3]
+        if not ann.get("iscrowd", 0) and min_obj_size <= area <= max_obj_size:
+            keep.append(index)
+    return keep
+
+
+class BoxCropDataset(Dataset):
+    """One training sample per box: clean and augmented crops, the box mask inside the crop."""
+
+    def __init__(self, coco: CocoFile, indices: list[int], crop_size: int, margin_rate: tuple[float, float],
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS):
+        self.coco, self.indices, self.crop_size = coco, indices, crop_size
+        self.margin_rate, self.max_pixels = margin_rate, max_pixels
+        self.augment = student_augmentation()
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> dict | None:
+        ann = self.coco.annotations[self.indices[i]]
+        image_info = self.coco.images_by_id[ann["image_id"]]
+        try:
+            image = decode_image(self.coco.image_path(image_info), self.max_pixels)
+        except ImageDecodeError as e:
+            log.warning("skipping a training box: %s", e)
+            return None
+        rng = np.random.default_rng([torch.initial_seed() % 2**32, i])
+        box = xywh_to_xyxy(ann["bbox"])
+        crop_box = expand_box(box, random_margins(rng, self.margin_rate))
+        crop = torch.from_numpy(np.ascontiguousarray(crop_wrapped(image, crop_box))).permute(2, 0, 1)
+        crop = F.interpolate(crop[None].float(), size=(self.crop_size, self.crop_size), mode="bilinear",
+                             antialias=True, align_corners=False)[0].round().clamp(0, 255).to(torch.uint8)
+        box_mask = box_mask_in_crop(box, crop_box, self.crop_size)[None]
+        if rng.random() < 0.5:
+            crop, box_mask = crop.flip(-1), box_mask.flip(-1)
+        return {
+            "image": crop,
+            "student_image": self.augment(crop),
+            "box_mask": box_mask,
+            "box_area": torch.tensor(ann["bbox"][2] * ann["bbox"][3], dtype=torch.float32),
+        }
+
+
+def collate_boxes(samples: list[dict | None]) -> dict | None:
+    samples = [s for s in samples if s is not None]
+    if not samples:
+        return None
+    return {key: torch.stack([s[key] for s in samples]) for key in samples[0]}
+
+
+class ImageBoxesDataset(Dataset):
+    """One sample per image: the decoded image, its non-crowd boxes, their test crop boxes (and GT masks)."""
+
+    def __init__(self, coco: CocoFile, test_margin_rate: tuple[float, float], with_masks: bool = False,
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS):
+        self.coco, self.with_masks, self.max_pixels = coco, with_masks, max_pixels
+        self.margins = fixed_margins(test_margin_rate)
+        self.image_positions = [
+            pos for pos, im in enumerate(coco.images)
+            if any(not coco.annotations[i].get("iscrowd", 0) for i in coco.annotation_indices_by_image[im["id"]])
+        ]
+
+    def __len__(self) -> int:
+        return len(self.image_positions)
+
+    def __getitem__(self, i: int) -> dict:
+        image_pos = self.image_positions[i]
+        image_info = self.coco.images[image_pos]
+        indices = [j for j in self.coco.annotation_indices_by_image[image_info["id"]]
+                   if not self.coco.annotations[j].get("iscrowd", 0)]
+        anns = [self.coco.annotations[j] for j in indices]
+        sample = {"image_pos": image_pos, "image_id": image_info["id"], "file_name": image_info["file_name"], "ann_indices": indices}
+        try:
+            image = decode_image(self.coco.image_path(image_info), self.max_pixels)
+        except ImageDecodeError as e:
+            return {**sample, "error": str(e)}
+        height, width = image.shape[:2]
+        if (height, width) != (image_info["height"], image_info["width"]):
+            return {**sample, "error": f"decoded image is {width}x{height} but the annotation file says "
+                                        f"{image_info['width']}x{image_info['height']}"}
+        boxes = [xywh_to_xyxy(a["bbox"]) for a in anns]
+        sample.update({
+            "image": torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1),
+            "boxes": torch.tensor(boxes, dtype=torch.float64).reshape(-1, 4),
+            "crop_boxes": torch.tensor([expand_box(b, self.margins) for b in boxes], dtype=torch.int64).reshape(-1, 4),
+            "category_ids": torch.tensor([a["category_id"] for a in anns], dtype=torch.int64),
+        })
+        if self.with_masks:
+            sample["gt_masks"] = torch.from_numpy(np.stack(
+                [segmentation_to_mask(a["segmentation"], height, width) for a in anns]
+            )) if all("segmentation" in a for a in anns) else None
+            sample["gt_areas"] = torch.tensor([float(a.get("area", a["bbox"][2] * a["bbox"][3])) for a in anns])
+        return sample
+
+
+def collate_images(samples: list[dict]) -> list[dict]:
+    return samples
+
+
+class COCOBoxDataModule(L.LightningDataModule):
+    """COCO boxes for MAL. Training filters boxes by size; validation and prediction keep every box.
+
+    Args:
+        train_ann_path / train_img_dir: boxes to learn from (masks, if any, are never read).
+        val_ann_path / val_img_dir: images with ground-truth masks for mIoU and mask AP.
+        predict_ann_path / predict_img_dir: boxes to label (defaults to the validation set).
+        crop_size: side of the square crop given to the ViT.
+        batch_size: boxes per training step (per device).
+        eval_batch_size: images per validation/prediction step.
+        num_workers: data loading processes.
+        min_obj_size / max_obj_size: box-area range used for training.
+        margin_rate: training expansion range per side.
+        test_margin_rate: fixed expansion at test time (0.6 -> a crop 1.3x the box).
+        max_pixels: images larger than this are refused (decompression-bomb guard).
+    """
+
+    def __init__(
+        self,
+        train_ann_path: str | None = None,
+        train_img_dir: str | None = None,
+        val_ann_path: str | None = None,
+        val_img_dir: str | None = None,
+        predict_ann_path: str | None = None,
+        predict_img_dir: str | None = None,
+        crop_size: int = 512,
+        batch_size: int = 3,
+        eval_batch_size: int = 2,
+        num_workers: int = 2,
+        min_obj_size: float = 2048,
+        max_obj_size: float = 1e10,
+        margin_rate: tuple[float, float] = (0.0, 1.2),
+        test_margin_rate: tuple[float, float] = (0.6, 0.6),
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        self.batch_size = batch_size
+        self.train_coco = self.val_coco = self.predict_coco = None
+
+    def setup(self, stage: str) -> None:
+        hp = self.hparams
+        if stage == "fit":
+            if not hp.train_ann_path:
+                raise ValueError("data.train_ann_path is required for fit")
+            self.train_coco = load_coco(hp.train_ann_path, hp.train_img_dir)
+        if stage in ("fit", "validate", "test") and hp.val_ann_path:
+            self.val_coco = load_coco(hp.val_ann_path, hp.val_img_dir)
+        if stage in ("validate", "test") and self.val_coco is None:
+            raise ValueError(f"data.val_ann_path is required for {stage}")
+        if stage == "predict":
+            path = hp.predict_ann_path or hp.val_ann_path
+            if not path:
+                raise ValueError("data.predict_ann_path is required for predict")
+            self.predict_coco = load_coco(path, hp.predict_img_dir if hp.predict_ann_path else hp.val_img_dir)
+
+    def _loader(self, dataset, batch_size, collate_fn, shuffle=False) -> DataLoader:
+        workers = self.hparams.num_workers
+        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers,
+                          collate_fn=collate_fn, persistent_workers=workers > 0, drop_last=False)
+
+    def train_dataloader(self) -> DataLoader:
+        hp = self.hparams
+        indices = trainable_annotations(self.train_coco, hp.min_obj_size, hp.max_obj_size)
+        dropped = sum(not a.get("iscrowd", 0) for a in self.train_coco.annotations) - len(indices)
+        log.info("training on %d boxes (%d outside the size range [%g, %g] not used for training)",
+                 len(indices), dropped, hp.min_obj_size, hp.max_obj_size)
+        if not indices:
+            raise ValueError(f"{hp.train_ann_path}: no box within min_obj_size/max_obj_size to train on")
+        dataset = BoxCropDataset(self.train_coco, indices, hp.crop_size, hp.margin_rate, hp.max_pixels)
+        return self._loader(dataset, hp.batch_size, collate_boxes, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        if self.val_coco is None:
+            return []
+        dataset = ImageBoxesDataset(self.val_coco, self.hparams.test_margin_rate, True, self.hparams.max_pixels)
+        return self._loader(dataset, self.hparams.eval_batch_size, collate_images)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.val_dataloader()
+
+    def predict_dataloader(self) -> DataLoader:
+        dataset = ImageBoxesDataset(self.predict_coco, self.hparams.test_margin_rate, False, self.hparams.max_pixels)
+        return self._loader(dataset, self.hparams.eval_batch_size, collate_images)

@@ -1,0 +1,298 @@
+"""MAL as a LightningModule: student + EMA teacher trained from boxes, mask prediction for every box."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torchmetrics.detection import MeanAveragePrecision
+
+from auto_label.masks import box_mask
+from auto_label.tracking import log_image
+from auto_label.visualize import draw_overlay, image_grid
+from mal.checkpoint import load_pretrained
+from mal.crops import paste_region, resize_crops
+from mal.decoder import size_bucket
+from mal.losses import crf_loss, crf_pseudo_label, mil_loss, ramp
+from mal.metrics import MaskIoUMetric, mask_ious
+from mal.model import build_mask_net
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def is_degenerate(box_xyxy, height: int, width: int) -> bool:
+    """A box that covers less than one pixel of the image on some axis gets its box mask, not a model mask."""
+    x0, y0, x1, y1 = box_xyxy
+    return min(x1, width) - max(x0, 0) < 1 or min(y1, height) - max(y0, 0) < 1
+
+
+def full_masks(regions: list[tuple[int, int, np.ndarray]], height: int, width: int) -> np.ndarray:
+    """Place per-box mask regions (x0, y0, mask) into N x H x W uint8 image-size masks."""
+    masks = np.zeros((len(regions), height, width), dtype=np.uint8)
+    for i, (x0, y0, region) in enumerate(regions):
+        masks[i, y0 : y0 + region.shape[0], x0 : x0 + region.shape[1]] = region
+    return masks
+
+
+class MALModule(L.LightningModule):
+    """Mask Auto-Labeler (Lan et al., CVPR 2023): learn box -> mask from boxes alone.
+
+    Args:
+        arch: timm ViT name (`vit_tiny_patch16_224`, `vit_base_patch16_224`, ...) or TAO name (`vit-mae-base/16`).
+        crop_size: crop side in pixels (linked to `data.crop_size`); position embeddings are sized to it.
+        conv_stem: replace the 16x16 patch projection by MAL's 4-stage convolutional stem.
+        backbone_kwargs: extra timm arguments (e.g. `depth: 6` for a shallower ViT).
+        pretrained_path: weights to start from: a timm/MAE backbone state dict or a MAL checkpoint.
+        drop_path_rate: stochastic depth of the ViT blocks (TAO `vit_dpr`).
+        mask_head_num_convs / mask_head_hidden_channel / mask_head_out_channel: the decoder's V head and K size.
+        not_adjust_scale: turn off the scale-adaptive decoder.
+        mask_scale_ratio_pre / mask_scale_ratio: feature-map scale for small / large boxes (medium: geometric mean).
+        teacher_momentum: EMA momentum of the teacher, applied after every optimizer step.
+        loss_size: side of the maps the losses (and the pasted masks) are computed from.
+        loss_mil_weight / loss_crf_weight: loss weights, each ramped up linearly over
+            loss_mil_step / loss_crf_step optimizer steps.
+        crf_zeta / crf_kernel_size / crf_num_iter: colour bandwidth, neighbourhood and mean-field iterations.
+        crf_size_ratio: run the CRF at loss_size / crf_size_ratio.
+        crf_value_low_thres / crf_value_high_thres: clamp of the CRF's unary probabilities.
+        lr: learning rate per box, multiplied by devices x batch size.
+        min_lr_rate: the cosine schedule ends at lr x min_lr_rate.
+        weight_decay / optim_eps / optim_betas: AdamW settings.
+        warmup_epochs: linear warm-up length.
+        mask_thres: probability threshold, one value or three (small / medium / large boxes).
+        use_teacher_test: predict with the EMA teacher instead of the student.
+        max_boxes_per_forward: box crops per forward pass at validation and prediction.
+        num_overlays: validation images drawn into the logged overlay grid.
+    """
+
+    def __init__(
+        self,
+        arch: str = "vit_base_patch16_224",
+        crop_size: int = 512,
+        conv_stem: bool = False,
+        backbone_kwargs: dict | None = None,
+        pretrained_path: str | None = None,
+        drop_path_rate: float = 0.0,
+        mask_head_num_convs: int = 4,
+        mask_head_hidden_channel: int = 256,
+        mask_head_out_channel: int = 256,
+        not_adjust_scale: bool = False,
+        mask_scale_ratio_pre: float = 1.0,
+        mask_scale_ratio: float = 2.0,
+        teacher_momentum: float = 0.996,
+        loss_size: int = 128,
+        loss_mil_weight: float = 4.0,
+        loss_crf_weight: float = 0.5,
+        loss_mil_step: int = 1000,
+        loss_crf_step: int = 4000,
+        crf_zeta: float = 0.1,
+        crf_kernel_size: int = 3,
+        crf_num_iter: int = 100,
+        crf_size_ratio: int = 1,
+        crf_value_low_thres: float = 0.1,
+        crf_value_high_thres: float = 0.9,
+        lr: float = 1e-6,
+        min_lr_rate: float = 0.2,
+        weight_decay: float = 5e-4,
+        optim_eps: float = 1e-8,
+        optim_betas: tuple[float, float] = (0.9, 0.9),
+        warmup_epochs: float = 1.0,
+        mask_thres: list[float] | float = 0.1,
+        use_teacher_test: bool = False,
+        max_boxes_per_forward: int = 32,
+        num_overlays: int = 8,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        thresholds = [mask_thres] if isinstance(mask_thres, (int, float)) else list(mask_thres)
+        if len(thresholds) not in (1, 3) or not all(0 <= t <= 1 for t in thresholds):
+            raise ValueError(f"model.mask_thres must be one or three values in [0, 1], got {mask_thres}")
+        self.mask_thresholds = thresholds * 3 if len(thresholds) == 1 else thresholds
+        self.student = build_mask_net(
+            arch, crop_size, conv_stem, drop_path_rate, backbone_kwargs, mask_head_num_convs,
+            mask_head_hidden_channel, mask_head_out_channel, not not_adjust_scale, mask_scale_ratio_pre,
+            mask_scale_ratio,
+        )
+        if pretrained_path:
+            layout = load_pretrained(self.student, pretrained_path)
+            log.info("loaded %s weights from %s", layout, pretrained_path)
+        self.teacher = copy.deepcopy(self.student).requires_grad_(False).eval()
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255, persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255, persistent=False)
+        self.iou_metric = MaskIoUMetric()
+        self.ap_metric = MeanAveragePrecision(iou_type="segm", backend="pycocotools")
+        self.overlays: list[np.ndarray] = []
+
+    # ----------------------------------------------------------------- training
+    def normalise(self, images: torch.Tensor) -> torch.Tensor:
+        return (images.float() - self.mean) / self.std
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.teacher.eval()  # the teacher never uses dropout / drop-path
+        return self
+
+    def training_step(self, batch: dict | None, batch_idx: int):
+        if batch is None:  # every image of the batch failed to decode (already logged)
+            return None
+        hp = self.hparams
+        size = hp.loss_size
+        box_mask = (F.interpolate(batch["box_mask"], size=(size, size), mode="area") > 0.5).float()
+        student = self.student(self.normalise(batch["student_image"]), batch["box_area"], size).float().sigmoid()
+        with torch.no_grad():
+            teacher = self.teacher(self.normalise(batch["image"]), batch["box_area"], size).float().sigmoid()
+        crf_side = size // hp.crf_size_ratio
+        crf_image = F.interpolate(batch["image"].float() / 255, size=(crf_side, crf_side), mode="bilinear",
+                                  antialias=True, align_corners=False)
+
+        def at_crf_size(x):
+            return F.interpolate(x, size=(crf_side, crf_side), mode="bilinear", align_corners=False)
+
+        pseudo = crf_pseudo_label(
+            at_crf_size(student.detach()), at_crf_size(teacher), (at_crf_size(box_mask) > 0.5).float(), crf_image,
+            hp.crf_kernel_size, hp.crf_zeta, hp.crf_num_iter, hp.crf_value_low_thres, hp.crf_value_high_thres,
+        )
+        loss_mil = mil_loss(student, box_mask)
+        loss_crf = crf_loss(at_crf_size(student), pseudo)
+        step = self.global_step
+        mil_weight = hp.loss_mil_weight * ramp(step, hp.loss_mil_step)
+        crf_weight = hp.loss_crf_weight * ramp(step, hp.loss_crf_step)
+        loss = mil_weight * loss_mil + crf_weight * loss_crf
+        batch_size = len(batch["image"])
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
+        self.log_dict({"train/loss_mil": loss_mil, "train/loss_crf": loss_crf, "train/mil_weight": mil_weight,
+                       "train/crf_weight": crf_weight}, batch_size=batch_size)
+        return loss
+
+    def optimizer_step(self, *args, **kwargs):
+        super().optimizer_step(*args, **kwargs)
+        self.update_teacher()
+
+    @torch.no_grad()
+    def update_teacher(self) -> None:
+        """teacher = m * teacher + (1 - m) * student."""
+        momentum = self.hparams.teacher_momentum
+        for t, s in zip(self.teacher.parameters(), self.student.parameters()):
+            t.lerp_(s.detach(), 1 - momentum)
+        for t, s in zip(self.teacher.buffers(), self.student.buffers()):
+            t.copy_(s)
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        scale = self.trainer.world_size * self.trainer.datamodule.batch_size
+        optimizer = torch.optim.AdamW(self.student.parameters(), lr=hp.lr * scale, betas=tuple(hp.optim_betas),
+                                      eps=hp.optim_eps, weight_decay=hp.weight_decay)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        epochs = self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else 1
+        warmup = min(int(round(total * hp.warmup_epochs / epochs)), total - 1)
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = min((step - warmup) / max(1, total - warmup), 1.0)
+            return hp.min_lr_rate + (1 - hp.min_lr_rate) * 0.5 * (1 + math.cos(math.pi * progress))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # --------------------------------------------------------------- prediction
+    @torch.no_grad()
+    def predict_image(self, sample: dict) -> list[dict]:
+        """Masks for every box of one decoded image: [{x0, y0, mask (bool region), score, degenerate}]."""
+        hp = self.hparams
+        net = self.teacher if hp.use_teacher_test else self.student
+        image = sample["image"].to(self.device)
+        height, width = image.shape[1:]
+        boxes, crop_boxes = sample["boxes"], sample["crop_boxes"]
+        # Wrap the image around its borders, as training crops do, so crop pixels outside it are not black.
+        pad_x = int(min(width, max(0, -crop_boxes[:, 0].min(), crop_boxes[:, 2].max() - width)))
+        pad_y = int(min(height, max(0, -crop_boxes[:, 1].min(), crop_boxes[:, 3].max() - height)))
+        padded = F.pad(image[None].float(), (pad_x, pad_x, pad_y, pad_y), mode="circular")[0]
+        shift = torch.tensor([pad_x, pad_y, pad_x, pad_y])
+        areas = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).float().to(self.device)
+        logits = []
+        for start in range(0, len(boxes), hp.max_boxes_per_forward):
+            chunk = slice(start, start + hp.max_boxes_per_forward)
+            crops = resize_crops(padded, crop_boxes[chunk] + shift, hp.crop_size)
+            logits.append(net(self.normalise(crops), areas[chunk], hp.loss_size)[:, 0].float())
+        logits = torch.cat(logits) if logits else torch.empty(0)
+        thresholds = torch.tensor(self.mask_thresholds)[size_bucket(areas.cpu())]
+        results = []
+        for i, box in enumerate(boxes.tolist()):
+            if is_degenerate(box, height, width):
+                full = box_mask([box[0], box[1], box[2] - box[0], box[3] - box[1]], height, width)
+                ys, xs = np.nonzero(full)
+                region = full[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1].astype(bool)
+                results.append({"x0": int(xs.min()), "y0": int(ys.min()), "mask": region, "score": 0.0,
+                                "degenerate": True})
+                continue
+            x0, y0, probs = paste_region(logits[i], crop_boxes[i].tolist(), box, (height, width))
+            mask = probs > thresholds[i]
+            score = float(probs[mask].mean()) if mask.any() else 0.0
+            results.append({"x0": x0, "y0": y0, "mask": mask.cpu().numpy(), "score": score, "degenerate": False})
+        return results
+
+    def predict_step(self, batch: list[dict], batch_idx: int) -> list[dict]:
+        """Per image: its sample's ids plus either `results` (one per box, in order) or `error`."""
+        outputs = []
+        for sample in batch:
+            info = {k: sample[k] for k in ("image_pos", "image_id", "file_name", "ann_indices")}
+            if "error" in sample:
+                outputs.append({**info, "error": sample["error"]})
+            else:
+                info["size"] = tuple(sample["image"].shape[1:])
+                outputs.append({**info, "results": self.predict_image(sample)})
+        return outputs
+
+    # --------------------------------------------------------------- evaluation
+    def _evaluation_step(self, batch: list[dict]) -> None:
+        for sample in batch:
+            if "error" in sample:
+                log.warning("skipping validation image %s: %s", sample["file_name"], sample["error"])
+                continue
+            if sample.get("gt_masks") is None:
+                continue
+            height, width = sample["image"].shape[1:]
+            results = self.predict_image(sample)
+            masks = full_masks([(r["x0"], r["y0"], r["mask"]) for r in results], height, width)
+            pred = torch.from_numpy(masks).bool()
+            gt = sample["gt_masks"].bool()
+            self.iou_metric.update(mask_ious(pred, gt), sample["category_ids"], sample["gt_areas"])
+            scores = torch.tensor([r["score"] for r in results])
+            self.ap_metric.update([{"masks": pred, "scores": scores, "labels": sample["category_ids"]}],
+                                  [{"masks": gt, "labels": sample["category_ids"]}])
+            if len(self.overlays) < self.hparams.num_overlays:
+                image = sample["image"].permute(1, 2, 0).numpy()
+                boxes = [[x0, y0, x1 - x0, y1 - y0] for x0, y0, x1, y1 in sample["boxes"].tolist()]
+                self.overlays.append(draw_overlay(image, list(masks), boxes))
+
+    def _evaluation_epoch_end(self, stage: str) -> None:
+        metrics = {f"{stage}/{k}": v for k, v in self.iou_metric.compute().items()}
+        ap = self.ap_metric.compute()
+        for name in ("map", "map_50", "map_75", "map_small", "map_medium", "map_large"):
+            metrics[f"{stage}/mask_{name.replace('map', 'AP')}"] = ap[name].float()
+        self.log_dict(metrics, sync_dist=True)
+        self.iou_metric.reset()
+        self.ap_metric.reset()
+        if self.overlays and self.trainer.is_global_zero:
+            log_image(self.loggers, f"{stage}/overlays", image_grid(self.overlays), self.global_step)
+        self.overlays = []
+
+    def validation_step(self, batch: list[dict], batch_idx: int) -> None:
+        self._evaluation_step(batch)
+
+    def on_validation_epoch_end(self) -> None:
+        self._evaluation_epoch_end("val")
+
+    def test_step(self, batch: list[dict], batch_idx: int) -> None:
+        self._evaluation_step(batch)
+
+    def on_test_epoch_end(self) -> None:
+        self._evaluation_epoch_end("test")

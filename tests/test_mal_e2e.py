@@ -1,0 +1,148 @@
+"""Fit a tiny MAL for a few steps on synthetic data, predict every box, check the file against COCO."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import REPO, TINY_MAL_ARGS
+
+from auto_label.masks import segmentation_to_mask
+from mal.__main__ import cli_main
+from mal.evaluate import evaluate_files
+
+
+def data_args(synthetic) -> list[str]:
+    return ["--data.train_ann_path", str(synthetic["train"]), "--data.train_img_dir", str(synthetic["images"]),
+            "--data.val_ann_path", str(synthetic["val"]), "--data.val_img_dir", str(synthetic["images"])]
+
+
+def logger_args(root: Path) -> list[str]:
+    return [f'--trainer.logger=[{{"class_path": "lightning.pytorch.loggers.CSVLogger", '
+            f'"init_args": {{"save_dir": "{root}"}}}}]', f"--trainer.default_root_dir={root}"]
+
+
+@pytest.fixture(scope="module")
+def trained(synthetic, tmp_path_factory):
+    root = tmp_path_factory.mktemp("run")
+    cli = cli_main(["fit", *TINY_MAL_ARGS, *data_args(synthetic), *logger_args(root), "--trainer.max_epochs", "1"])
+    return {"root": root, "last": cli.trainer.checkpoint_callback.last_model_path or
+            str(next(root.rglob("*.ckpt"))), "steps": cli.trainer.global_step}
+
+
+def predict_input(synthetic, tmp_path) -> Path:
+    """The validation file plus a crowd region, a zero-width box and a 1-pixel box."""
+    data = json.loads(synthetic["val"].read_text())
+    anns = data["annotations"]
+    next_id = max(a["id"] for a in anns) + 1
+    anns.append({"id": next_id, "image_id": 1, "category_id": 1, "bbox": [5, 5, 20, 20], "iscrowd": 1,
+                 "segmentation": {"size": [96, 128], "counts": [0, 96 * 128]}, "area": 96 * 128})
+    anns.append({"id": next_id + 1, "image_id": 2, "category_id": 2, "bbox": [40, 30, 0, 12], "iscrowd": 0})
+    anns.append({"id": next_id + 2, "image_id": 3, "category_id": 3, "bbox": [10.2, 10.7, 1, 1], "score": 0.25})
+    for ann in anns[:-3]:
+        del ann["segmentation"]  # boxes only, as a user would give them
+    path = tmp_path / "boxes.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def predict(trained, synthetic, ann_path, out_path) -> None:
+    cli_main(["predict", *TINY_MAL_ARGS, *logger_args(trained["root"]), "--ckpt_path", trained["last"],
+              "--data.predict_ann_path", str(ann_path), "--data.predict_img_dir", str(synthetic["images"]),
+              "--writer.label_dump_path", str(out_path)])
+
+
+def test_fit_writes_checkpoints_metrics_and_overlays(trained):
+    assert trained["steps"] > 0 and Path(trained["last"]).is_file()
+    metrics = next(trained["root"].rglob("metrics.csv")).read_text()
+    assert "train/loss" in metrics and "val/mIoU" in metrics and "val/mask_AP" in metrics
+    assert list(trained["root"].rglob("val_overlays_step*.png"))
+
+
+def test_predict_writes_one_mask_per_box_following_the_coco_spec(trained, synthetic, tmp_path):
+    ann_path = predict_input(synthetic, tmp_path)
+    out = tmp_path / "labels.json"
+    predict(trained, synthetic, ann_path, out)
+    source, result = json.loads(ann_path.read_text()), json.loads(out.read_text())
+    assert result["images"] == source["images"] and result["categories"] == source["categories"]
+    by_id = {a["id"]: a for a in result["annotations"]}
+    assert sorted(by_id) == sorted(a["id"] for a in source["annotations"])  # every box exactly once
+    assert len(by_id) == len(result["annotations"])
+    sizes = {im["id"]: (im["height"], im["width"]) for im in source["images"]}
+    for ann in source["annotations"]:
+        out_ann = by_id[ann["id"]]
+        for key in ("image_id", "category_id", "bbox", "iscrowd", "score"):
+            assert out_ann.get(key) == ann.get(key)
+        if ann.get("iscrowd"):
+            assert out_ann == ann  # passed through untouched
+            continue
+        rle = out_ann["segmentation"]
+        assert isinstance(rle["counts"], str) and rle["size"] == list(sizes[ann["image_id"]])
+        mask = segmentation_to_mask(rle, *sizes[ann["image_id"]])
+        assert out_ann["area"] == int(mask.sum())
+        assert 0 <= out_ann["mal_score"] <= 1
+        x, y, w, h = ann["bbox"]
+        ys, xs = np.nonzero(mask)
+        if len(xs):  # masks stay inside the box (rounded outwards to whole pixels)
+            assert xs.min() >= np.floor(x) and xs.max() < np.ceil(x + w) + 1
+            assert ys.min() >= np.floor(y) and ys.max() < np.ceil(y + h) + 1
+    degenerate = by_id[max(by_id) - 1]
+    assert degenerate["mal_flag"] == "degenerate_box" and degenerate["area"] >= 1
+    assert "mal_flag" not in by_id[max(by_id)]  # a 1-pixel box goes through the model
+
+    again = tmp_path / "again.json"
+    predict(trained, synthetic, ann_path, again)
+    assert again.read_bytes() == out.read_bytes()  # same input -> byte-identical output
+
+
+def test_evaluate_and_validate(trained, synthetic, tmp_path):
+    out = tmp_path / "labels.json"
+    predict(trained, synthetic, synthetic["val"], out)
+    metrics = evaluate_files(str(out), str(synthetic["val"]))
+    n = sum(1 for _ in json.loads(synthetic["val"].read_text())["annotations"])
+    assert metrics["num_instances"] == n and metrics["missing_predictions"] == 0
+    assert 0 < metrics["mIoU"] <= 1 and 0 <= metrics["mask_AP"] <= 1
+    cli = cli_main(["validate", *TINY_MAL_ARGS, *data_args(synthetic), *logger_args(trained["root"]),
+                    "--ckpt_path", trained["last"]])
+    # validation (in-loop crops) and predict + evaluate (files) agree on mIoU
+    assert cli.trainer.callback_metrics["val/mIoU"].item() == pytest.approx(metrics["mIoU"], abs=1e-4)
+
+
+def test_bad_image_is_skipped_and_reported(trained, synthetic, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    for p in synthetic["images"].glob("val_*.jpg"):
+        (images / p.name).write_bytes(p.read_bytes())
+    (images / "val_00002.jpg").write_bytes(b"\xff\xd8\xff truncated")
+    out = tmp_path / "labels.json"
+    cli_main(["predict", *TINY_MAL_ARGS, *logger_args(trained["root"]), "--ckpt_path", trained["last"],
+              "--data.predict_ann_path", str(synthetic["val"]), "--data.predict_img_dir", str(images),
+              "--writer.label_dump_path", str(out)])
+    errors = [json.loads(line) for line in (tmp_path / "errors.jsonl").read_text().splitlines()]
+    assert [e["image_id"] for e in errors] == [2] and "val_00002.jpg" in errors[0]["reason"]
+    source = json.loads(synthetic["val"].read_text())["annotations"]
+    written = {a["id"] for a in json.loads(out.read_text())["annotations"]}
+    expected_missing = {a["id"] for a in source if a["image_id"] == 2}
+    assert set(errors[0]["annotation_ids"]) == expected_missing
+    assert written == {a["id"] for a in source} - expected_missing  # every box accounted for
+
+
+def test_resume_continues_from_the_checkpoint(trained, synthetic):
+    cli = cli_main(["fit", *TINY_MAL_ARGS, *data_args(synthetic), *logger_args(trained["root"]),
+                    "--trainer.max_epochs", "2", "--ckpt_path", trained["last"]])
+    assert cli.trainer.current_epoch == 2 and cli.trainer.global_step == 2 * trained["steps"]
+
+
+def test_cli_reports_bad_input_without_traceback(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"images": [], "annotations": [], "categories": [{"id": "x", "name": "a"}]}))
+    result = subprocess.run(
+        [sys.executable, "-m", "mal", "predict", *TINY_MAL_ARGS, "--data.predict_ann_path", str(bad),
+         "--writer.label_dump_path", str(tmp_path / "out.json")],
+        capture_output=True, text=True, cwd=REPO, timeout=300,
+    )
+    assert result.returncode == 2
+    assert "categories[0] (id 'x'): field 'id': must be an integer" in result.stderr
+    assert "Traceback" not in result.stderr

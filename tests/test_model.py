@@ -1,0 +1,89 @@
+import pickle
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from mal.backbone import create_vit
+from mal.checkpoint import CheckpointError, load_pretrained, read_state_dict
+from mal.decoder import size_bucket
+from mal.model import build_mask_net
+from mal.module import MALModule
+
+TINY = {"depth": 1, "embed_dim": 32, "num_heads": 2}
+
+
+def tiny_net(crop=64, **kwargs):
+    return build_mask_net("vit_tiny_patch16_224", crop, backbone_kwargs=dict(TINY), hidden_channels=8,
+                          out_channels=8, **kwargs)
+
+
+def test_backbone_by_name_and_tao_alias():
+    assert create_vit("vit-mae-base/16", 32, depth=1).embed_dim == 768
+    with pytest.raises(ValueError, match="unknown backbone"):
+        create_vit("no_such_vit", 64)
+    with pytest.raises(ValueError, match="not divisible by the patch size 16"):
+        create_vit("vit_tiny_patch16_224", 72, **TINY)
+
+
+def test_conv_stem_keeps_mal_key_layout_and_output_shape():
+    net = tiny_net(conv_stem=True)
+    keys = net.backbone.state_dict().keys()
+    assert {"patch_embed.proj.0.0.weight", "patch_embed.proj.3.1.bias", "patch_embed.proj.4.weight"} <= set(keys)
+    assert net(torch.randn(2, 3, 64, 64), torch.tensor([10.0, 1e5]), 32).shape == (2, 1, 32, 32)
+
+
+def test_size_buckets_cover_every_area():
+    areas = torch.tensor([0.0, 1023.9, 1024.0, 9215.0, 9216.0, 1e9])
+    assert size_bucket(areas).tolist() == [0, 0, 1, 1, 2, 2]
+
+
+def test_backbone_weights_load_with_position_embedding_interpolation(tmp_path):
+    source = create_vit("vit_tiny_patch16_224", 32, **TINY)  # 2x2 grid
+    state = {f"backbone.{k}": v for k, v in source.state_dict().items()}
+    state["head.weight"] = torch.zeros(10, 32)  # a classifier head is ignored
+    save_file(state, tmp_path / "mae.safetensors")
+    net = tiny_net(crop=64)  # 4x4 grid
+    assert load_pretrained(net, tmp_path / "mae.safetensors") == "backbone"
+    assert torch.equal(net.backbone.blocks[0].attn.qkv.weight, source.blocks[0].attn.qkv.weight)
+    assert net.backbone.pos_embed.shape == (1, 17, 32)
+
+
+def test_mal_checkpoint_round_trip(tmp_path):
+    module = MALModule(arch="vit_tiny_patch16_224", crop_size=64, backbone_kwargs=dict(TINY),
+                       mask_head_hidden_channel=8, mask_head_out_channel=8)
+    torch.save({"state_dict": module.state_dict(), "epoch": 3}, tmp_path / "mal.ckpt")
+    net = tiny_net()
+    assert load_pretrained(net, tmp_path / "mal.ckpt") == "mal"
+    x, areas = torch.randn(1, 3, 64, 64), torch.tensor([5000.0])
+    assert torch.equal(net(x, areas, 16), module.student(x, areas, 16))
+
+
+def test_mismatched_checkpoint_names_keys(tmp_path):
+    torch.save({"model": {"blocks.0.norm1.weight": torch.zeros(3)}}, tmp_path / "bad.pth")
+    with pytest.raises(CheckpointError, match="missing keys: .*wrong-shape keys: blocks.0.norm1.weight"):
+        load_pretrained(tiny_net(), tmp_path / "bad.pth")
+
+
+class Evil:
+    def __reduce__(self):
+        return (print, ("this must never run",))
+
+
+def test_pickled_code_is_refused(tmp_path):
+    with open(tmp_path / "evil.pth", "wb") as f:
+        pickle.dump({"state_dict": Evil()}, f)
+    with pytest.raises(CheckpointError, match="refused to load"):
+        read_state_dict(tmp_path / "evil.pth")
+
+
+def test_teacher_starts_as_a_copy_and_follows_by_ema():
+    module = MALModule(arch="vit_tiny_patch16_224", crop_size=32, backbone_kwargs=dict(TINY),
+                       mask_head_hidden_channel=8, mask_head_out_channel=8, teacher_momentum=0.9)
+    student, teacher = module.student.decoder.key_mlp[0].weight, module.teacher.decoder.key_mlp[0].weight
+    assert torch.equal(student, teacher) and not teacher.requires_grad
+    before = teacher.clone()
+    with torch.no_grad():
+        student.add_(1.0)
+    module.update_teacher()
+    assert torch.allclose(teacher, before + 0.1, atol=1e-6)
