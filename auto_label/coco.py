@@ -210,7 +210,7 @@ def load_coco(
             try:
                 image_path = coco.image_path(image, allow_outside_image_dir)
             except CocoFormatError as e:
-                raise CocoFormatError(f"{path}: {_record('images', index, image)}: field 'file_name': {e}")
+                raise CocoFormatError(f"{path}: {_record('images', index, image)}: field 'file_name': {e}") from None
             if not image_path.is_file():
                 missing.append(f"{_record('images', index, image)}: field 'file_name': {image_path} not found")
         if missing:

@@ -107,17 +107,24 @@ def make_synthetic_coco(
     for image_id in range(1, num_images + 1):
         image, objects = make_image(rng, height, width, max_objects)
         file_name = f"{name}_{image_id:05d}.jpg"
-        cv2.imwrite(str(out_dir / "images" / file_name), cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
-                    [cv2.IMWRITE_JPEG_QUALITY, 95])
+        cv2.imwrite(
+            str(out_dir / "images" / file_name), cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95]
+        )
         images.append({"id": image_id, "file_name": file_name, "width": width, "height": height})
         for shape, mask in objects:
             x, y, w, h = cv2.boundingRect(mask)
             rle = mask_to_rle(mask)
-            annotations.append({
-                "id": len(annotations) + 1, "image_id": image_id, "category_id": shape + 1,
-                "bbox": [float(x), float(y), float(w), float(h)], "area": rle_area(rle),
-                "segmentation": rle, "iscrowd": 0,
-            })
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": shape + 1,
+                    "bbox": [float(x), float(y), float(w), float(h)],
+                    "area": rle_area(rle),
+                    "segmentation": rle,
+                    "iscrowd": 0,
+                }
+            )
     categories = [{"id": i + 1, "name": s, "supercategory": "shape"} for i, s in enumerate(SHAPES)]
     path = out_dir / f"{name}.json"
     path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))

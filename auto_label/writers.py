@@ -25,6 +25,9 @@ def atomic_write(path: str | Path, mode: str = "w"):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; results should get the usual permissions
     try:
         with os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8") as f:
             yield f
@@ -74,19 +77,36 @@ def read_jsonl(path: str | Path) -> Iterator[dict]:
                 yield json.loads(line)
 
 
-def write_coco(path: str | Path, header: dict, annotations: Iterable[dict]) -> int:
-    """Stream a COCO file: `header`'s keys in order, then `annotations` one by one. Returns their count."""
+def _write_array(f, items: Iterable) -> int:
     count = 0
+    f.write("[")
+    for item in items:
+        f.write(("," if count else "") + "\n" + dumps(item))
+        count += 1
+    f.write("\n]")
+    return count
+
+
+def write_coco(path: str | Path, header: dict, annotations: Iterable[dict]) -> int:
+    """Stream a COCO file: `header`'s keys in order, then `annotations` one by one. Returns their count.
+
+    A header value that is an iterator (not a list or dict) is streamed as a JSON array too, so that
+    e.g. a million `images` need not be held in memory.
+    """
     with atomic_write(path) as f:
         f.write("{")
         for key, value in header.items():
-            if key != "annotations":
-                f.write(f"{dumps(key)}:{dumps(value)},")
-        f.write('"annotations":[')
-        for ann in annotations:
-            f.write(("," if count else "") + "\n" + dumps(ann))
-            count += 1
-        f.write("\n]}\n")
+            if key == "annotations":
+                continue
+            f.write(f"{dumps(key)}:")
+            if isinstance(value, Iterator):
+                _write_array(f, value)
+            else:
+                f.write(dumps(value))
+            f.write(",")
+        f.write('"annotations":')
+        count = _write_array(f, annotations)
+        f.write("}\n")
     return count
 
 

@@ -22,8 +22,9 @@ class MALCLI(LightningCLI):
 
 
 def evaluate_main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="python -m mal evaluate",
-                                     description="mIoU and mask AP of a predicted COCO file against ground truth")
+    parser = argparse.ArgumentParser(
+        prog="python -m mal evaluate", description="mIoU and mask AP of a predicted COCO file against ground truth"
+    )
     parser.add_argument("--pred", required=True, help="predicted COCO JSON (e.g. from `mal predict`)")
     parser.add_argument("--gt", required=True, help="ground-truth COCO JSON with masks")
     parser.add_argument("--output", help="also write the metrics as JSON here")
@@ -41,8 +42,9 @@ def cli_main(argv: list[str] | None = None) -> MALCLI | None:
     if args and args[0] == "evaluate":
         evaluate_main(args[1:])
         return None
-    return MALCLI(MALModule, COCOBoxDataModule, seed_everything_default=1234, args=argv,
-                  save_config_kwargs={"overwrite": True})
+    return MALCLI(
+        MALModule, COCOBoxDataModule, seed_everything_default=1234, args=argv, save_config_kwargs={"overwrite": True}
+    )
 
 
 def main() -> None:

@@ -33,24 +33,28 @@ class ConvStemPatchEmbed(PatchEmbed):
         widths = [embed_dim // 8, embed_dim // 4, embed_dim // 2, embed_dim]
         stages = []
         for width in widths:
-            stages.append(nn.Sequential(
-                nn.Conv2d(in_chans, width, 3, stride=2, padding=1, bias=False),
-                nn.GroupNorm(1, width),
-                nn.GELU(),
-            ))
+            stages.append(
+                nn.Sequential(
+                    nn.Conv2d(in_chans, width, 3, stride=2, padding=1, bias=False),
+                    nn.GroupNorm(1, width),
+                    nn.GELU(),
+                )
+            )
             in_chans = width
         self.proj = nn.Sequential(*stages, nn.Conv2d(embed_dim, embed_dim, 1))
 
 
-def create_vit(arch: str, crop_size: int, conv_stem: bool = False, drop_path_rate: float = 0.0,
-               **model_kwargs) -> nn.Module:
+def create_vit(
+    arch: str, crop_size: int, conv_stem: bool = False, drop_path_rate: float = 0.0, **model_kwargs
+) -> nn.Module:
     """Build a randomly initialised timm ViT for `crop_size` x `crop_size` inputs, with no classifier."""
     name = ARCH_ALIASES.get(arch, arch)
     if conv_stem:
         model_kwargs["embed_layer"] = ConvStemPatchEmbed
     try:
-        model = timm.create_model(name, pretrained=False, num_classes=0, img_size=crop_size,
-                                  drop_path_rate=drop_path_rate, **model_kwargs)
+        model = timm.create_model(
+            name, pretrained=False, num_classes=0, img_size=crop_size, drop_path_rate=drop_path_rate, **model_kwargs
+        )
     except RuntimeError as e:
         raise ValueError(f"unknown backbone arch {arch!r}: {e}") from None
     patch = model.patch_embed.patch_size[0]

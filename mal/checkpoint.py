@@ -57,15 +57,23 @@ def _load_strict(module: nn.Module, state: dict[str, torch.Tensor], path: Path) 
     expected = module.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
-    wrong = [f"{k}: {tuple(state[k].shape)} vs {tuple(expected[k].shape)}"
-             for k in set(state) & set(expected) if state[k].shape != expected[k].shape]
+    wrong = [
+        f"{k}: {tuple(state[k].shape)} vs {tuple(expected[k].shape)}"
+        for k in set(state) & set(expected)
+        if state[k].shape != expected[k].shape
+    ]
     if missing or unexpected or wrong:
+
         def show(items):
             return ", ".join(items[:8]) + (f" (+{len(items) - 8} more)" if len(items) > 8 else "")
+
         raise CheckpointError(
             f"{path}: does not match the model: "
-            + "; ".join(f"{name} keys: {show(items)}" for name, items in
-                        (("missing", missing), ("unexpected", unexpected), ("wrong-shape", sorted(wrong))) if items)
+            + "; ".join(
+                f"{name} keys: {show(items)}"
+                for name, items in (("missing", missing), ("unexpected", unexpected), ("wrong-shape", sorted(wrong)))
+                if items
+            )
         )
     module.load_state_dict(state, strict=True)
 

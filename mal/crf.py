@@ -25,8 +25,9 @@ def colour_affinity(image: torch.Tensor, kernel_size: int, zeta: float) -> torch
     return torch.exp(-(diff**2).sum(dim=1) / (2 * zeta**2))
 
 
-def mean_field(unary: torch.Tensor, image: torch.Tensor, kernel_size: int = 3, zeta: float = 0.1,
-               num_iter: int = 100) -> torch.Tensor:
+def mean_field(
+    unary: torch.Tensor, image: torch.Tensor, kernel_size: int = 3, zeta: float = 0.1, num_iter: int = 100
+) -> torch.Tensor:
     """Refine foreground probabilities `unary` (B x 1 x H x W in (0, 1)) with a Potts colour CRF.
 
     Update: Q = sigmoid(logit(unary) + sum_j w_ij (2 Q_j - 1)), i.e. neighbours' agreement minus

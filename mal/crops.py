@@ -77,8 +77,9 @@ def resize_crops(image: torch.Tensor, crop_boxes: torch.Tensor, size: int) -> to
     boxes = crop_boxes.to(device=image.device, dtype=torch.float32)
     longest = (boxes[:, 2:] - boxes[:, :2]).max().item() if len(boxes) else size
     sampling = max(1, min(int(math.ceil(longest / size)), 8))
-    return roi_align(image[None].float(), [boxes], output_size=size, spatial_scale=1.0,
-                     sampling_ratio=sampling, aligned=True)
+    return roi_align(
+        image[None].float(), [boxes], output_size=size, spatial_scale=1.0, sampling_ratio=sampling, aligned=True
+    )
 
 
 def paste_region(logits: torch.Tensor, crop_box, box_xyxy, image_size: tuple[int, int]):
@@ -93,7 +94,8 @@ def paste_region(logits: torch.Tensor, crop_box, box_xyxy, image_size: tuple[int
     by0 = min(max(math.floor(box_xyxy[1]), 0), height)
     bx1 = min(max(math.ceil(box_xyxy[2]), bx0), width)
     by1 = min(max(math.ceil(box_xyxy[3]), by0), height)
-    full = F.interpolate(logits[None, None].float(), size=(cy1 - cy0, cx1 - cx0), mode="bilinear",
-                         align_corners=False)[0, 0]
+    full = F.interpolate(logits[None, None].float(), size=(cy1 - cy0, cx1 - cx0), mode="bilinear", align_corners=False)[
+        0, 0
+    ]
     region = full[by0 - cy0 : by1 - cy0, bx0 - cx0 : bx1 - cx0]
     return bx0, by0, region.sigmoid()

@@ -20,18 +20,20 @@ from torchvision.transforms import v2
 from auto_label.coco import CocoFile, load_coco
 from auto_label.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
 from auto_label.masks import segmentation_to_mask
-from mal.crops import box_mask_in_crop, crop_wrapped, expand_box, random_margins, fixed_margins, xywh_to_xyxy
+from mal.crops import box_mask_in_crop, crop_wrapped, expand_box, fixed_margins, random_margins, xywh_to_xyxy
 
 log = logging.getLogger(__name__)
 
 
 def student_augmentation() -> v2.Transform:
     """Photometric noise for the student only (the teacher sees the clean crop)."""
-    return v2.Compose([
-        v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.5),
-        v2.RandomGrayscale(p=0.2),
-        v2.RandomApply([v2.GaussianBlur(kernel_size=9, sigma=(0.1, 2.0))], p=0.5),
-    ])
+    return v2.Compose(
+        [
+            v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.5),
+            v2.RandomGrayscale(p=0.2),
+            v2.RandomApply([v2.GaussianBlur(kernel_size=9, sigma=(0.1, 2.0))], p=0.5),
+        ]
+    )
 
 
 def trainable_annotations(coco: CocoFile, min_obj_size: float, max_obj_size: float) -> list[int]:
@@ -47,8 +49,14 @@ def trainable_annotations(coco: CocoFile, min_obj_size: float, max_obj_size: flo
 class BoxCropDataset(Dataset):
     """One training sample per box: clean and augmented crops, the box mask inside the crop."""
 
-    def __init__(self, coco: CocoFile, indices: list[int], crop_size: int, margin_rate: tuple[float, float],
-                 max_pixels: int | None = DEFAULT_MAX_PIXELS):
+    def __init__(
+        self,
+        coco: CocoFile,
+        indices: list[int],
+        crop_size: int,
+        margin_rate: tuple[float, float],
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    ):
         self.coco, self.indices, self.crop_size = coco, indices, crop_size
         self.margin_rate, self.max_pixels = margin_rate, max_pixels
         self.augment = student_augmentation()
@@ -68,8 +76,18 @@ class BoxCropDataset(Dataset):
         box = xywh_to_xyxy(ann["bbox"])
         crop_box = expand_box(box, random_margins(rng, self.margin_rate))
         crop = torch.from_numpy(np.ascontiguousarray(crop_wrapped(image, crop_box))).permute(2, 0, 1)
-        crop = F.interpolate(crop[None].float(), size=(self.crop_size, self.crop_size), mode="bilinear",
-                             antialias=True, align_corners=False)[0].round().clamp(0, 255).to(torch.uint8)
+        crop = (
+            F.interpolate(
+                crop[None].float(),
+                size=(self.crop_size, self.crop_size),
+                mode="bilinear",
+                antialias=True,
+                align_corners=False,
+            )[0]
+            .round()
+            .clamp(0, 255)
+            .to(torch.uint8)
+        )
         box_mask = box_mask_in_crop(box, crop_box, self.crop_size)[None]
         if rng.random() < 0.5:
             crop, box_mask = crop.flip(-1), box_mask.flip(-1)
@@ -91,12 +109,18 @@ def collate_boxes(samples: list[dict | None]) -> dict | None:
 class ImageBoxesDataset(Dataset):
     """One sample per image: the decoded image, its non-crowd boxes, their test crop boxes (and GT masks)."""
 
-    def __init__(self, coco: CocoFile, test_margin_rate: tuple[float, float], with_masks: bool = False,
-                 max_pixels: int | None = DEFAULT_MAX_PIXELS):
+    def __init__(
+        self,
+        coco: CocoFile,
+        test_margin_rate: tuple[float, float],
+        with_masks: bool = False,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    ):
         self.coco, self.with_masks, self.max_pixels = coco, with_masks, max_pixels
         self.margins = fixed_margins(test_margin_rate)
         self.image_positions = [
-            pos for pos, im in enumerate(coco.images)
+            pos
+            for pos, im in enumerate(coco.images)
             if any(not coco.annotations[i].get("iscrowd", 0) for i in coco.annotation_indices_by_image[im["id"]])
         ]
 
@@ -106,29 +130,46 @@ class ImageBoxesDataset(Dataset):
     def __getitem__(self, i: int) -> dict:
         image_pos = self.image_positions[i]
         image_info = self.coco.images[image_pos]
-        indices = [j for j in self.coco.annotation_indices_by_image[image_info["id"]]
-                   if not self.coco.annotations[j].get("iscrowd", 0)]
+        indices = [
+            j
+            for j in self.coco.annotation_indices_by_image[image_info["id"]]
+            if not self.coco.annotations[j].get("iscrowd", 0)
+        ]
         anns = [self.coco.annotations[j] for j in indices]
-        sample = {"image_pos": image_pos, "image_id": image_info["id"], "file_name": image_info["file_name"], "ann_indices": indices}
+        sample = {
+            "image_pos": image_pos,
+            "image_id": image_info["id"],
+            "file_name": image_info["file_name"],
+            "ann_indices": indices,
+        }
         try:
             image = decode_image(self.coco.image_path(image_info), self.max_pixels)
         except ImageDecodeError as e:
             return {**sample, "error": str(e)}
         height, width = image.shape[:2]
         if (height, width) != (image_info["height"], image_info["width"]):
-            return {**sample, "error": f"decoded image is {width}x{height} but the annotation file says "
-                                        f"{image_info['width']}x{image_info['height']}"}
+            return {
+                **sample,
+                "error": f"decoded image is {width}x{height} but the annotation file says "
+                f"{image_info['width']}x{image_info['height']}",
+            }
         boxes = [xywh_to_xyxy(a["bbox"]) for a in anns]
-        sample.update({
-            "image": torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1),
-            "boxes": torch.tensor(boxes, dtype=torch.float64).reshape(-1, 4),
-            "crop_boxes": torch.tensor([expand_box(b, self.margins) for b in boxes], dtype=torch.int64).reshape(-1, 4),
-            "category_ids": torch.tensor([a["category_id"] for a in anns], dtype=torch.int64),
-        })
+        sample.update(
+            {
+                "image": torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1),
+                "boxes": torch.tensor(boxes, dtype=torch.float64).reshape(-1, 4),
+                "crop_boxes": torch.tensor([expand_box(b, self.margins) for b in boxes], dtype=torch.int64).reshape(
+                    -1, 4
+                ),
+                "category_ids": torch.tensor([a["category_id"] for a in anns], dtype=torch.int64),
+            }
+        )
         if self.with_masks:
-            sample["gt_masks"] = torch.from_numpy(np.stack(
-                [segmentation_to_mask(a["segmentation"], height, width) for a in anns]
-            )) if all("segmentation" in a for a in anns) else None
+            sample["gt_masks"] = (
+                torch.from_numpy(np.stack([segmentation_to_mask(a["segmentation"], height, width) for a in anns]))
+                if all("segmentation" in a for a in anns)
+                else None
+            )
             sample["gt_areas"] = torch.tensor([float(a.get("area", a["bbox"][2] * a["bbox"][3])) for a in anns])
         return sample
 
@@ -195,15 +236,27 @@ class COCOBoxDataModule(L.LightningDataModule):
 
     def _loader(self, dataset, batch_size, collate_fn, shuffle=False) -> DataLoader:
         workers = self.hparams.num_workers
-        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers,
-                          collate_fn=collate_fn, persistent_workers=workers > 0, drop_last=False)
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            num_workers=workers,
+            collate_fn=collate_fn,
+            persistent_workers=workers > 0,
+            drop_last=False,
+        )
 
     def train_dataloader(self) -> DataLoader:
         hp = self.hparams
         indices = trainable_annotations(self.train_coco, hp.min_obj_size, hp.max_obj_size)
         dropped = sum(not a.get("iscrowd", 0) for a in self.train_coco.annotations) - len(indices)
-        log.info("training on %d boxes (%d outside the size range [%g, %g] not used for training)",
-                 len(indices), dropped, hp.min_obj_size, hp.max_obj_size)
+        log.info(
+            "training on %d boxes (%d outside the size range [%g, %g] not used for training)",
+            len(indices),
+            dropped,
+            hp.min_obj_size,
+            hp.max_obj_size,
+        )
         if not indices:
             raise ValueError(f"{hp.train_ann_path}: no box within min_obj_size/max_obj_size to train on")
         dataset = BoxCropDataset(self.train_coco, indices, hp.crop_size, hp.margin_rate, hp.max_pixels)

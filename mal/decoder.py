@@ -68,7 +68,7 @@ class MaskDecoder(nn.Module):
             if scale != 1.0:
                 group = F.interpolate(group, scale_factor=scale, mode="bilinear", align_corners=False)
             group_logits = torch.einsum("bc,bchw->bhw", keys[index], self.values(group))[:, None]
-            logits[index] = F.interpolate(group_logits, size=(out_size, out_size), mode="bilinear",
-                                          align_corners=False).to(logits.dtype)
+            logits[index] = F.interpolate(
+                group_logits, size=(out_size, out_size), mode="bilinear", align_corners=False
+            ).to(logits.dtype)
         return logits
-

@@ -54,8 +54,15 @@ def main() -> None:
     print(f"2/4 fitting MAL on the training boxes (config {CONFIG})")
     common = ["--config", str(CONFIG), "--data.val_ann_path", str(val_json), "--data.val_img_dir", str(data / "images")]
     logger_dirs = [f"--trainer.logger.init_args.save_dir={out / 'runs'}"]
-    fit_args = ["fit", *common, *logger_dirs, "--data.train_ann_path", str(train_json),
-                "--data.train_img_dir", str(data / "images")]
+    fit_args = [
+        "fit",
+        *common,
+        *logger_dirs,
+        "--data.train_ann_path",
+        str(train_json),
+        "--data.train_img_dir",
+        str(data / "images"),
+    ]
     if args.epochs:
         fit_args.append(f"--trainer.max_epochs={args.epochs}")
     cli = cli_main(fit_args)
@@ -63,9 +70,21 @@ def main() -> None:
 
     print(f"3/4 predicting a mask for every validation box with {checkpoint}")
     labels = out / "labels.json"
-    cli_main(["predict", *common, *logger_dirs, "--data.predict_ann_path", str(val_json),
-              "--data.predict_img_dir", str(data / "images"), "--writer.label_dump_path", str(labels),
-              "--ckpt_path", checkpoint])
+    cli_main(
+        [
+            "predict",
+            *common,
+            *logger_dirs,
+            "--data.predict_ann_path",
+            str(val_json),
+            "--data.predict_img_dir",
+            str(data / "images"),
+            "--writer.label_dump_path",
+            str(labels),
+            "--ckpt_path",
+            checkpoint,
+        ]
+    )
 
     print("4/4 evaluating against the ground-truth masks")
     box_fill = out / "box_fill.json"
@@ -77,12 +96,16 @@ def main() -> None:
     grid = write_overlays(labels, data / "images", out / "overlays")
 
     verdict = "beats" if mal_metrics["mIoU"] > box_metrics["mIoU"] else "does NOT beat"
-    print(f"\nMAL instance mIoU {mal_metrics['mIoU']:.3f} {verdict} the box-fill baseline "
-          f"{box_metrics['mIoU']:.3f} (mask AP {mal_metrics['mask_AP']:.3f} vs {box_metrics['mask_AP']:.3f}); "
-          f"{time.time() - start:.0f} s in all.")
-    print(f"  data:       {data}\n  checkpoint: {checkpoint}\n  labels:     {labels}\n"
-          f"  metrics:    {out / 'metrics.json'}\n  overlays:   {grid}\n  logs:       {out / 'runs'} "
-          f"(tensorboard --logdir {out / 'runs'})")
+    print(
+        f"\nMAL instance mIoU {mal_metrics['mIoU']:.3f} {verdict} the box-fill baseline "
+        f"{box_metrics['mIoU']:.3f} (mask AP {mal_metrics['mask_AP']:.3f} vs {box_metrics['mask_AP']:.3f}); "
+        f"{time.time() - start:.0f} s in all."
+    )
+    print(
+        f"  data:       {data}\n  checkpoint: {checkpoint}\n  labels:     {labels}\n"
+        f"  metrics:    {out / 'metrics.json'}\n  overlays:   {grid}\n  logs:       {out / 'runs'} "
+        f"(tensorboard --logdir {out / 'runs'})"
+    )
 
 
 if __name__ == "__main__":

@@ -45,13 +45,24 @@ def paired_ious(pred: CocoFile, gt: CocoFile) -> tuple[torch.Tensor, torch.Tenso
 
 def mask_ap(pred: CocoFile, gt: CocoFile) -> dict[str, float]:
     """COCO mask AP (pycocotools); a prediction's score is `score`, else `mal_score`, else 1."""
-    gt_data = {**gt.data, "annotations": [
-        {**a, "iscrowd": a.get("iscrowd", 0), "area": a.get("area", a["bbox"][2] * a["bbox"][3])}
-        for a in gt.annotations if "segmentation" in a
-    ]}
-    results = [{"image_id": a["image_id"], "category_id": a["category_id"], "segmentation": a["segmentation"],
-                "score": a.get("score", a.get("mal_score", 1.0))}
-               for a in pred.annotations if "segmentation" in a and not a.get("iscrowd", 0)]
+    gt_data = {
+        **gt.data,
+        "annotations": [
+            {**a, "iscrowd": a.get("iscrowd", 0), "area": a.get("area", a["bbox"][2] * a["bbox"][3])}
+            for a in gt.annotations
+            if "segmentation" in a
+        ],
+    }
+    results = [
+        {
+            "image_id": a["image_id"],
+            "category_id": a["category_id"],
+            "segmentation": a["segmentation"],
+            "score": a.get("score", a.get("mal_score", 1.0)),
+        }
+        for a in pred.annotations
+        if "segmentation" in a and not a.get("iscrowd", 0)
+    ]
     if not results or not gt_data["annotations"]:
         return dict.fromkeys(AP_NAMES, 0.0)
     with contextlib.redirect_stdout(io.StringIO()):

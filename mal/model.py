@@ -35,6 +35,7 @@ def build_mask_net(
     scale_ratio: float = 2.0,
 ) -> MaskNet:
     backbone = create_vit(arch, crop_size, conv_stem, drop_path_rate, **(backbone_kwargs or {}))
-    decoder = MaskDecoder(backbone.embed_dim, num_convs, hidden_channels, out_channels, scale_adaptive,
-                          scale_ratio_pre, scale_ratio)
+    decoder = MaskDecoder(
+        backbone.embed_dim, num_convs, hidden_channels, out_channels, scale_adaptive, scale_ratio_pre, scale_ratio
+    )
     return MaskNet(backbone, decoder)

@@ -116,8 +116,16 @@ class MALModule(L.LightningModule):
             raise ValueError(f"model.mask_thres must be one or three values in [0, 1], got {mask_thres}")
         self.mask_thresholds = thresholds * 3 if len(thresholds) == 1 else thresholds
         self.student = build_mask_net(
-            arch, crop_size, conv_stem, drop_path_rate, backbone_kwargs, mask_head_num_convs,
-            mask_head_hidden_channel, mask_head_out_channel, not not_adjust_scale, mask_scale_ratio_pre,
+            arch,
+            crop_size,
+            conv_stem,
+            drop_path_rate,
+            backbone_kwargs,
+            mask_head_num_convs,
+            mask_head_hidden_channel,
+            mask_head_out_channel,
+            not not_adjust_scale,
+            mask_scale_ratio_pre,
             mask_scale_ratio,
         )
         if pretrained_path:
@@ -149,15 +157,27 @@ class MALModule(L.LightningModule):
         with torch.no_grad():
             teacher = self.teacher(self.normalise(batch["image"]), batch["box_area"], size).float().sigmoid()
         crf_side = size // hp.crf_size_ratio
-        crf_image = F.interpolate(batch["image"].float() / 255, size=(crf_side, crf_side), mode="bilinear",
-                                  antialias=True, align_corners=False)
+        crf_image = F.interpolate(
+            batch["image"].float() / 255,
+            size=(crf_side, crf_side),
+            mode="bilinear",
+            antialias=True,
+            align_corners=False,
+        )
 
         def at_crf_size(x):
             return F.interpolate(x, size=(crf_side, crf_side), mode="bilinear", align_corners=False)
 
         pseudo = crf_pseudo_label(
-            at_crf_size(student.detach()), at_crf_size(teacher), (at_crf_size(box_mask) > 0.5).float(), crf_image,
-            hp.crf_kernel_size, hp.crf_zeta, hp.crf_num_iter, hp.crf_value_low_thres, hp.crf_value_high_thres,
+            at_crf_size(student.detach()),
+            at_crf_size(teacher),
+            (at_crf_size(box_mask) > 0.5).float(),
+            crf_image,
+            hp.crf_kernel_size,
+            hp.crf_zeta,
+            hp.crf_num_iter,
+            hp.crf_value_low_thres,
+            hp.crf_value_high_thres,
         )
         loss_mil = mil_loss(student, box_mask)
         loss_crf = crf_loss(at_crf_size(student), pseudo)
@@ -167,8 +187,15 @@ class MALModule(L.LightningModule):
         loss = mil_weight * loss_mil + crf_weight * loss_crf
         batch_size = len(batch["image"])
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
-        self.log_dict({"train/loss_mil": loss_mil, "train/loss_crf": loss_crf, "train/mil_weight": mil_weight,
-                       "train/crf_weight": crf_weight}, batch_size=batch_size)
+        self.log_dict(
+            {
+                "train/loss_mil": loss_mil,
+                "train/loss_crf": loss_crf,
+                "train/mil_weight": mil_weight,
+                "train/crf_weight": crf_weight,
+            },
+            batch_size=batch_size,
+        )
         return loss
 
     def optimizer_step(self, *args, **kwargs):
@@ -187,8 +214,13 @@ class MALModule(L.LightningModule):
     def configure_optimizers(self):
         hp = self.hparams
         scale = self.trainer.world_size * self.trainer.datamodule.batch_size
-        optimizer = torch.optim.AdamW(self.student.parameters(), lr=hp.lr * scale, betas=tuple(hp.optim_betas),
-                                      eps=hp.optim_eps, weight_decay=hp.weight_decay)
+        optimizer = torch.optim.AdamW(
+            self.student.parameters(),
+            lr=hp.lr * scale,
+            betas=tuple(hp.optim_betas),
+            eps=hp.optim_eps,
+            weight_decay=hp.weight_decay,
+        )
         total = max(1, int(self.trainer.estimated_stepping_batches))
         epochs = self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else 1
         warmup = min(int(round(total * hp.warmup_epochs / epochs)), total - 1)
@@ -230,8 +262,9 @@ class MALModule(L.LightningModule):
                 full = box_mask([box[0], box[1], box[2] - box[0], box[3] - box[1]], height, width)
                 ys, xs = np.nonzero(full)
                 region = full[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1].astype(bool)
-                results.append({"x0": int(xs.min()), "y0": int(ys.min()), "mask": region, "score": 0.0,
-                                "degenerate": True})
+                results.append(
+                    {"x0": int(xs.min()), "y0": int(ys.min()), "mask": region, "score": 0.0, "degenerate": True}
+                )
                 continue
             x0, y0, probs = paste_region(logits[i], crop_boxes[i].tolist(), box, (height, width))
             mask = probs > thresholds[i]
@@ -266,8 +299,10 @@ class MALModule(L.LightningModule):
             gt = sample["gt_masks"].bool()
             self.iou_metric.update(mask_ious(pred, gt), sample["category_ids"], sample["gt_areas"])
             scores = torch.tensor([r["score"] for r in results])
-            self.ap_metric.update([{"masks": pred, "scores": scores, "labels": sample["category_ids"]}],
-                                  [{"masks": gt, "labels": sample["category_ids"]}])
+            self.ap_metric.update(
+                [{"masks": pred, "scores": scores, "labels": sample["category_ids"]}],
+                [{"masks": gt, "labels": sample["category_ids"]}],
+            )
             if len(self.overlays) < self.hparams.num_overlays:
                 image = sample["image"].permute(1, 2, 0).numpy()
                 boxes = [[x0, y0, x1 - x0, y1 - y0] for x0, y0, x1, y1 in sample["boxes"].tolist()]

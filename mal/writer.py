@@ -86,11 +86,20 @@ class MaskLabelWriter(BasePredictionWriter):
         for image in prediction:
             if "error" in image:
                 ids = [coco.annotations[i]["id"] for i in image["ann_indices"]]
-                self.errors.write([{"image_id": image["image_id"], "file_name": image["file_name"],
-                                    "reason": image["error"], "annotation_ids": ids}])
+                self.errors.write(
+                    [
+                        {
+                            "image_id": image["image_id"],
+                            "file_name": image["file_name"],
+                            "reason": image["error"],
+                            "annotation_ids": ids,
+                        }
+                    ]
+                )
                 continue
-            records = labelled_annotations(coco, image["image_pos"], image["ann_indices"], image["size"],
-                                           image["results"])
+            records = labelled_annotations(
+                coco, image["image_pos"], image["ann_indices"], image["size"], image["results"]
+            )
             self.num_degenerate += sum("mal_flag" in r["annotation"] for r in records)
             self.labels.write(records)
 
@@ -113,11 +122,14 @@ class MaskLabelWriter(BasePredictionWriter):
             self.errors_path.unlink(missing_ok=True)  # a stale list from an earlier run
         for p in label_shards + error_shards:
             p.unlink(missing_ok=True)
-        labelled = sum(not a.get("iscrowd", 0) for a in coco.annotations) - sum(len(e["annotation_ids"]) for e in errors)
-        message = (f"MAL labelled {labelled} boxes with masks ({self.num_degenerate} degenerate boxes got their "
-                   f"box mask) on {len(coco.images) - len(errors)} images; wrote {count} annotations to "
-                   f"{self.label_dump_path}")
+        labelled = sum(not a.get("iscrowd", 0) for a in coco.annotations) - sum(
+            len(e["annotation_ids"]) for e in errors
+        )
+        message = (
+            f"MAL labelled {labelled} boxes with masks ({self.num_degenerate} degenerate boxes got their "
+            f"box mask) on {len(coco.images) - len(errors)} images; wrote {count} annotations to "
+            f"{self.label_dump_path}"
+        )
         if errors:
             message += f"; {len(errors)} images skipped, listed in {self.errors_path}"
         print(message)
-

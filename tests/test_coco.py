@@ -37,12 +37,15 @@ def test_message_names_file_record_and_field():
     assert "x.json" in message and "annotations[0] (id 7)" in message and "field 'bbox'" in message
 
 
-@pytest.mark.parametrize("bbox, words", [
-    ([1, 2, 3], "list of 4 numbers"),
-    ([1, 2, float("nan"), 3], "finite"),
-    ([1, 2, 3, -1], "must not be negative"),
-    ("1,2,3,4", "list of 4 numbers"),
-])
+@pytest.mark.parametrize(
+    "bbox, words",
+    [
+        ([1, 2, 3], "list of 4 numbers"),
+        ([1, 2, float("nan"), 3], "finite"),
+        ([1, 2, 3, -1], "must not be negative"),
+        ("1,2,3,4", "list of 4 numbers"),
+    ],
+)
 def test_bad_boxes(bbox, words):
     assert words in error_of(coco(annotations=[{"id": 7, "image_id": 1, "category_id": 3, "bbox": bbox}]))
 

@@ -5,10 +5,10 @@ from mal.crops import (
     box_mask_in_crop,
     crop_wrapped,
     expand_box,
+    fixed_margins,
     paste_region,
     random_margins,
     resize_crops,
-    fixed_margins,
 )
 from mal.module import full_masks
 

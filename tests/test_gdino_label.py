@@ -1,6 +1,9 @@
 """Multi-pass labeling on the real tiny-model path, and end-to-end runs of the `label` command."""
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -346,3 +349,39 @@ def test_undecodable_image_alone_gives_an_error_record(model_dir, tmp_path):
     )
     assert json.loads(out.read_text())["images"] == []
     assert "bad.jpg" in (tmp_path / "labels.errors.jsonl").read_text()
+
+
+def test_two_ranks_write_the_same_file_as_one(model_dir, dataset, tmp_path):
+    """Real processes through `python -m gdino`: DDP on CPU (gloo) must not change a byte."""
+    args = [
+        sys.executable,
+        "-m",
+        "gdino",
+        "label",
+        "--model.path",
+        str(model_dir),
+        "--model.image_size",
+        json.dumps(SMALL),
+        "--data.image_dir",
+        str(dataset[0] / "images"),
+        "--data.class_names",
+        "[star, ring]",
+        "--model.iteration_scheduler",
+        "[{conf_threshold: 0.5}]",
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.enable_progress_bar",
+        "false",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one, two = tmp_path / "one.json", tmp_path / "two.json"
+    subprocess.run([*args, "--output", str(one)], check=True, capture_output=True, env=env, timeout=300)
+    subprocess.run(
+        [*args, "--trainer.devices", "2", "--trainer.strategy", "ddp", "--output", str(two)],
+        check=True,
+        capture_output=True,
+        env=env,
+        timeout=300,
+    )
+    assert json.loads(one.read_text())["annotations"]
+    assert two.read_bytes() == one.read_bytes()

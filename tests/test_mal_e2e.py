@@ -15,21 +15,35 @@ from mal.evaluate import evaluate_files
 
 
 def data_args(synthetic) -> list[str]:
-    return ["--data.train_ann_path", str(synthetic["train"]), "--data.train_img_dir", str(synthetic["images"]),
-            "--data.val_ann_path", str(synthetic["val"]), "--data.val_img_dir", str(synthetic["images"])]
+    return [
+        "--data.train_ann_path",
+        str(synthetic["train"]),
+        "--data.train_img_dir",
+        str(synthetic["images"]),
+        "--data.val_ann_path",
+        str(synthetic["val"]),
+        "--data.val_img_dir",
+        str(synthetic["images"]),
+    ]
 
 
 def logger_args(root: Path) -> list[str]:
-    return [f'--trainer.logger=[{{"class_path": "lightning.pytorch.loggers.CSVLogger", '
-            f'"init_args": {{"save_dir": "{root}"}}}}]', f"--trainer.default_root_dir={root}"]
+    return [
+        f'--trainer.logger=[{{"class_path": "lightning.pytorch.loggers.CSVLogger", '
+        f'"init_args": {{"save_dir": "{root}"}}}}]',
+        f"--trainer.default_root_dir={root}",
+    ]
 
 
 @pytest.fixture(scope="module")
 def trained(synthetic, tmp_path_factory):
     root = tmp_path_factory.mktemp("run")
     cli = cli_main(["fit", *TINY_MAL_ARGS, *data_args(synthetic), *logger_args(root), "--trainer.max_epochs", "1"])
-    return {"root": root, "last": cli.trainer.checkpoint_callback.last_model_path or
-            str(next(root.rglob("*.ckpt"))), "steps": cli.trainer.global_step}
+    return {
+        "root": root,
+        "last": cli.trainer.checkpoint_callback.last_model_path or str(next(root.rglob("*.ckpt"))),
+        "steps": cli.trainer.global_step,
+    }
 
 
 def predict_input(synthetic, tmp_path) -> Path:
@@ -37,8 +51,17 @@ def predict_input(synthetic, tmp_path) -> Path:
     data = json.loads(synthetic["val"].read_text())
     anns = data["annotations"]
     next_id = max(a["id"] for a in anns) + 1
-    anns.append({"id": next_id, "image_id": 1, "category_id": 1, "bbox": [5, 5, 20, 20], "iscrowd": 1,
-                 "segmentation": {"size": [96, 128], "counts": [0, 96 * 128]}, "area": 96 * 128})
+    anns.append(
+        {
+            "id": next_id,
+            "image_id": 1,
+            "category_id": 1,
+            "bbox": [5, 5, 20, 20],
+            "iscrowd": 1,
+            "segmentation": {"size": [96, 128], "counts": [0, 96 * 128]},
+            "area": 96 * 128,
+        }
+    )
     anns.append({"id": next_id + 1, "image_id": 2, "category_id": 2, "bbox": [40, 30, 0, 12], "iscrowd": 0})
     anns.append({"id": next_id + 2, "image_id": 3, "category_id": 3, "bbox": [10.2, 10.7, 1, 1], "score": 0.25})
     for ann in anns[:-3]:
@@ -49,9 +72,21 @@ def predict_input(synthetic, tmp_path) -> Path:
 
 
 def predict(trained, synthetic, ann_path, out_path) -> None:
-    cli_main(["predict", *TINY_MAL_ARGS, *logger_args(trained["root"]), "--ckpt_path", trained["last"],
-              "--data.predict_ann_path", str(ann_path), "--data.predict_img_dir", str(synthetic["images"]),
-              "--writer.label_dump_path", str(out_path)])
+    cli_main(
+        [
+            "predict",
+            *TINY_MAL_ARGS,
+            *logger_args(trained["root"]),
+            "--ckpt_path",
+            trained["last"],
+            "--data.predict_ann_path",
+            str(ann_path),
+            "--data.predict_img_dir",
+            str(synthetic["images"]),
+            "--writer.label_dump_path",
+            str(out_path),
+        ]
+    )
 
 
 def test_fit_writes_checkpoints_metrics_and_overlays(trained):
@@ -104,8 +139,16 @@ def test_evaluate_and_validate(trained, synthetic, tmp_path):
     n = sum(1 for _ in json.loads(synthetic["val"].read_text())["annotations"])
     assert metrics["num_instances"] == n and metrics["missing_predictions"] == 0
     assert 0 < metrics["mIoU"] <= 1 and 0 <= metrics["mask_AP"] <= 1
-    cli = cli_main(["validate", *TINY_MAL_ARGS, *data_args(synthetic), *logger_args(trained["root"]),
-                    "--ckpt_path", trained["last"]])
+    cli = cli_main(
+        [
+            "validate",
+            *TINY_MAL_ARGS,
+            *data_args(synthetic),
+            *logger_args(trained["root"]),
+            "--ckpt_path",
+            trained["last"],
+        ]
+    )
     # validation (in-loop crops) and predict + evaluate (files) agree on mIoU
     assert cli.trainer.callback_metrics["val/mIoU"].item() == pytest.approx(metrics["mIoU"], abs=1e-4)
 
@@ -117,9 +160,21 @@ def test_bad_image_is_skipped_and_reported(trained, synthetic, tmp_path):
         (images / p.name).write_bytes(p.read_bytes())
     (images / "val_00002.jpg").write_bytes(b"\xff\xd8\xff truncated")
     out = tmp_path / "labels.json"
-    cli_main(["predict", *TINY_MAL_ARGS, *logger_args(trained["root"]), "--ckpt_path", trained["last"],
-              "--data.predict_ann_path", str(synthetic["val"]), "--data.predict_img_dir", str(images),
-              "--writer.label_dump_path", str(out)])
+    cli_main(
+        [
+            "predict",
+            *TINY_MAL_ARGS,
+            *logger_args(trained["root"]),
+            "--ckpt_path",
+            trained["last"],
+            "--data.predict_ann_path",
+            str(synthetic["val"]),
+            "--data.predict_img_dir",
+            str(images),
+            "--writer.label_dump_path",
+            str(out),
+        ]
+    )
     errors = [json.loads(line) for line in (tmp_path / "errors.jsonl").read_text().splitlines()]
     assert [e["image_id"] for e in errors] == [2] and "val_00002.jpg" in errors[0]["reason"]
     source = json.loads(synthetic["val"].read_text())["annotations"]
@@ -130,8 +185,18 @@ def test_bad_image_is_skipped_and_reported(trained, synthetic, tmp_path):
 
 
 def test_resume_continues_from_the_checkpoint(trained, synthetic):
-    cli = cli_main(["fit", *TINY_MAL_ARGS, *data_args(synthetic), *logger_args(trained["root"]),
-                    "--trainer.max_epochs", "2", "--ckpt_path", trained["last"]])
+    cli = cli_main(
+        [
+            "fit",
+            *TINY_MAL_ARGS,
+            *data_args(synthetic),
+            *logger_args(trained["root"]),
+            "--trainer.max_epochs",
+            "2",
+            "--ckpt_path",
+            trained["last"],
+        ]
+    )
     assert cli.trainer.current_epoch == 2 and cli.trainer.global_step == 2 * trained["steps"]
 
 
@@ -139,9 +204,21 @@ def test_cli_reports_bad_input_without_traceback(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"images": [], "annotations": [], "categories": [{"id": "x", "name": "a"}]}))
     result = subprocess.run(
-        [sys.executable, "-m", "mal", "predict", *TINY_MAL_ARGS, "--data.predict_ann_path", str(bad),
-         "--writer.label_dump_path", str(tmp_path / "out.json")],
-        capture_output=True, text=True, cwd=REPO, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "mal",
+            "predict",
+            *TINY_MAL_ARGS,
+            "--data.predict_ann_path",
+            str(bad),
+            "--writer.label_dump_path",
+            str(tmp_path / "out.json"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
     )
     assert result.returncode == 2
     assert "categories[0] (id 'x'): field 'id': must be an integer" in result.stderr

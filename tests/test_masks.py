@@ -1,4 +1,5 @@
 import json
+import os
 
 import numpy as np
 import pytest
@@ -56,13 +57,24 @@ def test_box_mask_rounds_outwards_and_clips():
     assert box_mask([-3, -3, 5, 5], 6, 6).sum() == 4
 
 
+def current_umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
 def test_write_coco_streams_valid_json(tmp_path):
     path = tmp_path / "out.json"
-    header = {"info": {"v": 1}, "images": [], "annotations": "ignored", "categories": []}
+    header = {"info": {"v": 1}, "images": iter([{"id": 5}]), "annotations": "ignored", "categories": []}
     assert write_coco(path, header, iter([{"id": 1}, {"id": 2}])) == 2
-    assert json.loads(path.read_text()) == {"info": {"v": 1}, "images": [], "categories": [],
-                                            "annotations": [{"id": 1}, {"id": 2}]}
+    assert json.loads(path.read_text()) == {
+        "info": {"v": 1},
+        "images": [{"id": 5}],
+        "categories": [],
+        "annotations": [{"id": 1}, {"id": 2}],
+    }
+    assert path.stat().st_mode & 0o777 == 0o666 & ~current_umask()
     with pytest.raises(ValueError):
-        write_coco(path, header, iter([{"id": float("nan")}]))
+        write_coco(path, {"images": []}, iter([{"id": float("nan")}]))
     assert json.loads(path.read_text())["annotations"] == [{"id": 1}, {"id": 2}]  # old file intact
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]  # no temporary file left behind

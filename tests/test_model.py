@@ -14,8 +14,9 @@ TINY = {"depth": 1, "embed_dim": 32, "num_heads": 2}
 
 
 def tiny_net(crop=64, **kwargs):
-    return build_mask_net("vit_tiny_patch16_224", crop, backbone_kwargs=dict(TINY), hidden_channels=8,
-                          out_channels=8, **kwargs)
+    return build_mask_net(
+        "vit_tiny_patch16_224", crop, backbone_kwargs=dict(TINY), hidden_channels=8, out_channels=8, **kwargs
+    )
 
 
 def test_backbone_by_name_and_tao_alias():
@@ -50,8 +51,13 @@ def test_backbone_weights_load_with_position_embedding_interpolation(tmp_path):
 
 
 def test_mal_checkpoint_round_trip(tmp_path):
-    module = MALModule(arch="vit_tiny_patch16_224", crop_size=64, backbone_kwargs=dict(TINY),
-                       mask_head_hidden_channel=8, mask_head_out_channel=8)
+    module = MALModule(
+        arch="vit_tiny_patch16_224",
+        crop_size=64,
+        backbone_kwargs=dict(TINY),
+        mask_head_hidden_channel=8,
+        mask_head_out_channel=8,
+    )
     torch.save({"state_dict": module.state_dict(), "epoch": 3}, tmp_path / "mal.ckpt")
     net = tiny_net()
     assert load_pretrained(net, tmp_path / "mal.ckpt") == "mal"
@@ -78,8 +84,14 @@ def test_pickled_code_is_refused(tmp_path):
 
 
 def test_teacher_starts_as_a_copy_and_follows_by_ema():
-    module = MALModule(arch="vit_tiny_patch16_224", crop_size=32, backbone_kwargs=dict(TINY),
-                       mask_head_hidden_channel=8, mask_head_out_channel=8, teacher_momentum=0.9)
+    module = MALModule(
+        arch="vit_tiny_patch16_224",
+        crop_size=32,
+        backbone_kwargs=dict(TINY),
+        mask_head_hidden_channel=8,
+        mask_head_out_channel=8,
+        teacher_momentum=0.9,
+    )
     student, teacher = module.student.decoder.key_mlp[0].weight, module.teacher.decoder.key_mlp[0].weight
     assert torch.equal(student, teacher) and not teacher.requires_grad
     before = teacher.clone()

@@ -1,0 +1,101 @@
+"""MAL quality on real data: fit on the boxes of ../shared/data/coco128 (no mask is read for training),
+from a randomly initialised backbone, within a time budget; predict every box; compare with the real
+masks and with the box-fill baseline. Prints a Markdown row for BENCHMARKS.md and writes JSON.
+
+    python benchmarks/mal_coco128.py [--minutes 30] [--out results/bench/mal_coco128] [key=value overrides]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from mal.__main__ import cli_main
+from mal.evaluate import evaluate_files, print_table, write_box_fill
+
+REPO = Path(__file__).resolve().parents[1]
+COCO128 = REPO.parent / "shared" / "data" / "coco128"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--minutes", type=float, default=30.0, help="wall-clock budget of the fit")
+    parser.add_argument("--config", default=str(REPO / "configs" / "mal" / "coco128_cpu.yaml"))
+    parser.add_argument("--out", default="results/bench/mal_coco128")
+    parser.add_argument("overrides", nargs="*", help="extra Lightning CLI arguments, e.g. --model.lr=1e-5")
+    args = parser.parse_args()
+    ann = COCO128 / "annotations" / "instances.json"
+    if not ann.is_file():
+        raise SystemExit(f"{ann} not found: this benchmark needs ../shared/data/coco128 beside the repository")
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    loggers = (
+        f'--trainer.logger=[{{"class_path": "lightning.pytorch.loggers.CSVLogger", '
+        f'"init_args": {{"save_dir": "{out}", "name": "fit"}}}}]'
+    )
+    common = [
+        "--config",
+        args.config,
+        loggers,
+        f"--trainer.default_root_dir={out}",
+        "--data.train_ann_path",
+        str(ann),
+        "--data.train_img_dir",
+        str(COCO128 / "images"),
+        "--data.val_ann_path",
+        str(ann),
+        "--data.val_img_dir",
+        str(COCO128 / "images"),
+    ]
+    budget = int(args.minutes * 60)
+    start = time.time()
+    # No validation during the fit: the masks must not steer training or checkpoint choice.
+    cli = cli_main(
+        [
+            "fit",
+            *common,
+            "--trainer.limit_val_batches=0",
+            f"--trainer.max_time=00:00:{budget // 60:02d}:{budget % 60:02d}",
+            *args.overrides,
+        ]
+    )
+    fit_seconds = time.time() - start
+    checkpoint = cli.trainer.checkpoint_callback.last_model_path
+    epochs, steps = cli.trainer.current_epoch, cli.trainer.global_step
+
+    labels = out / "labels.json"
+    start = time.time()
+    cli_main(["predict", *common, "--ckpt_path", checkpoint, "--writer.label_dump_path", str(labels), *args.overrides])
+    predict_seconds = time.time() - start
+    box_fill = out / "box_fill.json"
+    write_box_fill(str(ann), str(box_fill))
+    mal, boxes = evaluate_files(str(labels), str(ann)), evaluate_files(str(box_fill), str(ann))
+    print_table(mal, "MAL vs real masks")
+    print_table(boxes, "box-fill vs real masks")
+    result = {
+        "mal": mal,
+        "box_fill": boxes,
+        "fit_seconds": fit_seconds,
+        "epochs": epochs,
+        "steps": steps,
+        "predict_seconds": predict_seconds,
+        "checkpoint": checkpoint,
+        "overrides": args.overrides,
+        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
+        "torch": torch.__version__,
+    }
+    (out / "result.json").write_text(json.dumps(result, indent=2))
+    print(
+        f"| MAL (ours, {Path(args.config).name}, {fit_seconds / 60:.1f} min fit, {epochs} epochs) "
+        f"| {mal['mIoU']:.3f} | {mal['mIoU_class']:.3f} | {mal['mask_AP']:.3f} |"
+    )
+    print(f"| box-fill baseline | {boxes['mIoU']:.3f} | {boxes['mIoU_class']:.3f} | {boxes['mask_AP']:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
