@@ -89,9 +89,7 @@ def ontology_vocabulary(path: Path) -> Vocabulary:
         raise GDinoError(f"data.ontology: {path} must be a non-empty mapping of prompt -> class name")
     for prompt, name in data.items():
         if not isinstance(prompt, str) or not isinstance(name, str) or not name.strip():
-            raise GDinoError(
-                f"data.ontology: {path}: entry {prompt!r}: {name!r} must map a text to a class name"
-            )
+            raise GDinoError(f"data.ontology: {path}: entry {prompt!r}: {name!r} must map a text to a class name")
     prompts = sanitize_names(list(data), f"{path}")
     names = list(dict.fromkeys(n.strip() for n in data.values()))
     prompt_class = [names.index(n.strip()) for n in data.values()]
@@ -214,15 +212,25 @@ def as_list(batch: list) -> list:
 class SizeGroupedBatchSampler(Sampler[list[int]]):
     """Batches of same-size images, in order of their first image; rank r takes batches r, r+W, ...
 
-    The writer relies on this round-robin split: local batch b of rank r is global batch b*W + r.
+    No batch is padded with repeated images, so every image is labelled once. Images in `skip` (done
+    by an interrupted earlier run) are left out of their batches; since a batch never mixes sizes, an
+    image's boxes do not depend on which others share its batch.
     """
 
-    def __init__(self, sizes: Sequence, batch_size: int, rank: int = 0, world_size: int = 1):
+    def __init__(
+        self,
+        sizes: Sequence,
+        batch_size: int,
+        rank: int = 0,
+        world_size: int = 1,
+        skip: set[int] | frozenset = frozenset(),
+    ):
         groups: dict = {}
         for index, size in enumerate(sizes):
             groups.setdefault(size if size is not None else ("unknown", index), []).append(index)
         batches = [g[i : i + batch_size] for g in groups.values() for i in range(0, len(g), batch_size)]
-        self.batches = sorted(batches, key=lambda b: b[0])[rank::world_size]
+        mine = sorted(batches, key=lambda b: b[0])[rank::world_size]
+        self.batches = [kept for batch in mine if (kept := [i for i in batch if i not in skip])]
 
     def __iter__(self) -> Iterator[list[int]]:
         return iter(self.batches)
@@ -263,6 +271,8 @@ class GroundingDinoDataModule(L.LightningDataModule):
         if batch_size < 1:
             raise GDinoError(f"data.batch_size: must be >= 1, got {batch_size}")
         self.batch_size, self.num_workers, self.max_pixels = batch_size, num_workers, max_pixels
+        self.predict_skip: set[int] = set()  # item indices already labelled (set by a resuming writer)
+        self.allow_zero_length_dataloader_with_multiple_devices = True  # a rank may have no image left
         if class_names is not None and ontology is not None:
             raise GDinoError("data.class_names and data.ontology are two vocabularies: give one")
         if noun_chunk_path and (class_names or ontology or ann_path):
@@ -272,8 +282,7 @@ class GroundingDinoDataModule(L.LightningDataModule):
             )
         if not (class_names or ontology or noun_chunk_path or ann_path):
             raise GDinoError(
-                "nothing to detect: give data.class_names, data.ontology, data.noun_chunk_path "
-                "or data.ann_path"
+                "nothing to detect: give data.class_names, data.ontology, data.noun_chunk_path or data.ann_path"
             )
         root = Path(image_dir) if image_dir else None
         if noun_chunk_path:
@@ -309,7 +318,9 @@ class GroundingDinoDataModule(L.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
-        sampler = SizeGroupedBatchSampler([it.size for it in self.items], self.batch_size, rank, world)
+        sampler = SizeGroupedBatchSampler(
+            [it.size for it in self.items], self.batch_size, rank, world, self.predict_skip
+        )
         return DataLoader(
             LabelDataset(self.items, self.max_pixels),
             batch_sampler=sampler,

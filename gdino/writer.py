@@ -1,45 +1,71 @@
 """Stream labeling results to disk and assemble the final files atomically.
 
-Each rank appends its records to its own JSONL shard as batches finish (nothing accumulates in
-memory). At the end rank 0 merges the shards in global batch order, which does not depend on the
-number of ranks, and streams the COCO file (plus optional ODVG JSONL) through temporary files that
-replace the destinations only when complete. Same input and settings -> byte-identical files.
+Each rank appends one line per image to its own shard (auto_label.shards) as batches finish, flushed
+after every batch (nothing accumulates in memory). A run started again after a crash or a kill skips
+the images whose lines are complete; `fresh=True` starts over. At the end rank 0 merges the shards in
+image order, which depends neither on the number of ranks nor on interruptions, and streams the COCO
+file (plus optional ODVG JSONL) through temporary files that replace the destinations only when
+complete. Same input and settings -> byte-identical files.
 """
 
 from __future__ import annotations
 
-import heapq
+import hashlib
 import json
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-from lightning.pytorch.callbacks import BasePredictionWriter
-
+from auto_label.shards import ShardedPredictionWriter, weights_digest
 from auto_label.visualize import draw_overlay, save_rgb
-from auto_label.writers import JsonlWriter, atomic_write, check_writable, dumps, read_jsonl, write_coco
+from auto_label.writers import atomic_write, check_writable, dumps, write_coco
 
 
-class CocoPredictionWriter(BasePredictionWriter):
+def run_fingerprint(data, labeler) -> dict:
+    """What decides the output: the images, the vocabulary, the labeling settings and the weights."""
+    items = hashlib.sha256()
+    for item in data.items:
+        items.update(dumps([item.image_id, item.file_name, str(item.path), item.prompts]).encode())
+    vocab = data.vocabulary
+    return {
+        "items": items.hexdigest(),
+        "vocabulary": [vocab.prompts, vocab.prompt_class, vocab.class_names, vocab.category_ids],
+        "labeling": {
+            "passes": [[p.conf_threshold, p.nms_threshold] for p in labeler.passes],
+            "class_thresholds": labeler.class_thresholds,
+            "aggregation": [labeler.aggregation, labeler.aggregation_iou, labeler.max_dets],
+            "image_size": labeler.image_size,
+            "dtype": str(labeler.input_dtype),
+        },
+        "weights": weights_digest(labeler.model),
+    }
+
+
+class CocoPredictionWriter(ShardedPredictionWriter):
     """Write labels as COCO JSON; optionally ODVG JSONL + labelmap.json and overlay pictures.
 
     Args:
         output: COCO JSON to write; `<output stem>.errors.jsonl` beside it lists skipped images.
         odvg_path: also write TAO's ODVG JSONL here, with labelmap.json in the same folder.
         visualize_dir: also save each image with its boxes, class names and scores here.
+        fresh: discard the results of an interrupted earlier run instead of resuming from them.
+        keep_shards: leave the shards after merging (a chained run removes them when all stages are done).
     """
 
-    def __init__(self, output: str, odvg_path: str | None = None, visualize_dir: str | None = None):
-        super().__init__(write_interval="batch")
+    def __init__(
+        self,
+        output: str,
+        odvg_path: str | None = None,
+        visualize_dir: str | None = None,
+        fresh: bool = False,
+        keep_shards: bool = False,
+    ):
         self.output = Path(output)
+        super().__init__(self.output.with_name(f".{self.output.name}.shards"), "index", fresh, keep_shards)
         self.odvg_path = Path(odvg_path) if odvg_path else None
         self.visualize_dir = Path(visualize_dir) if visualize_dir else None
         self.errors_path = self.output.with_name(self.output.stem + ".errors.jsonl")
-        self.shard_dir = self.output.with_name(f".{self.output.name}.shards")
-        self._shard: JsonlWriter | None = None
 
     def setup(self, trainer, pl_module, stage: str) -> None:
-        trainer.predict_loop.return_predictions = False  # the records live on disk, not in a list
         for directory in {
             self.output.parent,
             self.odvg_path.parent if self.odvg_path else None,
@@ -47,24 +73,17 @@ class CocoPredictionWriter(BasePredictionWriter):
         }:
             if directory is not None:
                 check_writable(directory)
+        super().setup(trainer, pl_module, stage)
 
-    def on_predict_start(self, trainer, pl_module) -> None:
-        if trainer.is_global_zero and self.shard_dir.exists():
-            shutil.rmtree(self.shard_dir)  # leftovers of an interrupted run
-        trainer.strategy.barrier()
-        self._shard = JsonlWriter(self.shard_dir / f"rank{trainer.global_rank:05d}.jsonl")
+    def fingerprint(self, trainer, pl_module) -> dict:
+        return run_fingerprint(trainer.datamodule, pl_module)
 
-    def write_on_batch_end(
-        self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0
-    ) -> None:
-        global_batch = batch_idx * trainer.world_size + trainer.global_rank  # see SizeGroupedBatchSampler
-        for position, record in enumerate(prediction):
-            record["seq"] = [global_batch, position]
-        self._shard.write(prediction)
+    def records(self, trainer, prediction, batch) -> list[dict]:
         if self.visualize_dir is not None:
             for record, sample in zip(prediction, batch):
                 if "error" not in record:
                     self._visualize(record, sample["image"])
+        return prediction
 
     def _visualize(self, record: dict, image) -> None:
         dets = record["detections"]
@@ -77,53 +96,54 @@ class CocoPredictionWriter(BasePredictionWriter):
         path.parent.mkdir(parents=True, exist_ok=True)
         save_rgb(path, overlay)
 
-    def on_predict_end(self, trainer, pl_module) -> None:
-        self._shard.close()
-        trainer.strategy.barrier()
-        if trainer.is_global_zero:
-            self.merge(trainer.datamodule.vocabulary)
-            shutil.rmtree(self.shard_dir)
-        trainer.strategy.barrier()
-
-    def _records(self) -> Iterator[dict]:
-        shards = sorted(self.shard_dir.glob("rank*.jsonl"))
-        return heapq.merge(*(read_jsonl(s) for s in shards), key=lambda r: r["seq"])
-
-    def merge(self, vocabulary) -> None:
+    def merge(self, trainer) -> dict:
         """Two streaming passes over the shards: image list and errors, then annotations."""
-        images = []
-        with atomic_write(self.errors_path) as errors:
-            for record in self._records():
+        vocabulary = trainer.datamodule.vocabulary
+        images, errors, this_run = [], [], {"images": 0, "boxes": 0}
+        with atomic_write(self.errors_path) as errors_file:
+            for record in self.store.merged():
                 if "error" in record:
-                    errors.write(dumps({"file_name": record["file_name"], "error": record["error"]}) + "\n")
+                    errors.append({"file_name": record["file_name"], "error": record["error"]})
+                    errors_file.write(dumps(errors[-1]) + "\n")
                 else:
+                    if record["index"] not in self.resumed:
+                        this_run["images"] += 1
+                        this_run["boxes"] += len(record["detections"])
                     images.append(
-                        (
-                            record["index"],
-                            {
-                                "id": record["image_id"],
-                                "file_name": record["file_name"],
-                                "width": record["width"],
-                                "height": record["height"],
-                            },
-                        )
+                        {
+                            "id": record["image_id"],
+                            "file_name": record["file_name"],
+                            "width": record["width"],
+                            "height": record["height"],
+                        }
                     )
-        images.sort(key=lambda pair: pair[0])
-        header = {"images": [image for _, image in images], "categories": vocabulary.categories}
+        header = {"images": images, "categories": vocabulary.categories}
         if self.odvg_path is None:
-            write_coco(self.output, header, self._annotations(None, vocabulary))
-            return
-        labelmap = {str(i): name for i, name in enumerate(vocabulary.class_names)}
-        with atomic_write(self.odvg_path.with_name("labelmap.json")) as f:
-            f.write(json.dumps(labelmap, indent=1, ensure_ascii=False) + "\n")
-        with atomic_write(self.odvg_path) as odvg:
-            write_coco(self.output, header, self._annotations(odvg, vocabulary))
+            count = write_coco(self.output, header, self._annotations(None, vocabulary))
+        else:
+            labelmap = {str(i): name for i, name in enumerate(vocabulary.class_names)}
+            with atomic_write(self.odvg_path.with_name("labelmap.json")) as f:
+                f.write(json.dumps(labelmap, indent=1, ensure_ascii=False) + "\n")
+            with atomic_write(self.odvg_path) as odvg:
+                count = write_coco(self.output, header, self._annotations(odvg, vocabulary))
+        print(
+            f"Grounding DINO labelled {len(images)} images with {count} boxes; wrote {self.output}"
+            + (f"; {len(errors)} images skipped, listed in {self.errors_path}" if errors else "")
+        )
+        return {
+            "images": len(images),
+            "boxes": count,
+            "images_this_run": this_run["images"],
+            "boxes_this_run": this_run["boxes"],
+            "skipped": [{"file_name": e["file_name"], "reason": e["error"]} for e in errors],
+            "output": str(self.output),
+        }
 
     def _annotations(self, odvg, vocabulary) -> Iterator[dict]:
         """COCO annotations in merge order with ids 1..N; ODVG lines written along the way."""
         label_of = {cid: i for i, cid in enumerate(vocabulary.category_ids)}
         ann_id = 0
-        for record in self._records():
+        for record in self.store.merged():
             if "error" in record:
                 continue
             if odvg is not None:
@@ -161,8 +181,7 @@ def odvg_line(record: dict, label_of: dict[int, int], grounding: bool) -> dict:
     else:
         line["detection"] = {
             "instances": [
-                {"bbox": xyxy(d["bbox"]), "label": label_of[d["category_id"]], "category": d["class"]}
-                for d in dets
+                {"bbox": xyxy(d["bbox"]), "label": label_of[d["category_id"]], "category": d["class"]} for d in dets
             ]
         }
     return line

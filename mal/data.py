@@ -20,6 +20,7 @@ from torchvision.transforms import v2
 from auto_label.coco import CocoFile, load_coco
 from auto_label.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
 from auto_label.masks import segmentation_to_mask
+from auto_label.sharding import ExactShardSampler
 from mal.crops import box_mask_in_crop, crop_wrapped, expand_box, fixed_margins, random_margins, xywh_to_xyxy
 
 log = logging.getLogger(__name__)
@@ -233,6 +234,8 @@ class COCOBoxDataModule(L.LightningDataModule):
             if not path:
                 raise ValueError("data.predict_ann_path is required for predict")
             self.predict_coco = load_coco(path, hp.predict_img_dir if hp.predict_ann_path else hp.val_img_dir)
+            self.predict_skip: set[int] = set()  # image positions already labelled (set by a resuming writer)
+            self.allow_zero_length_dataloader_with_multiple_devices = True  # a rank may have no image left
 
     def _loader(self, dataset, batch_size, collate_fn, shuffle=False) -> DataLoader:
         workers = self.hparams.num_workers
@@ -272,5 +275,16 @@ class COCOBoxDataModule(L.LightningDataModule):
         return self.val_dataloader()
 
     def predict_dataloader(self) -> DataLoader:
+        """This process's share of the images, each exactly once, minus those `predict_skip` names."""
         dataset = ImageBoxesDataset(self.predict_coco, self.hparams.test_margin_rate, False, self.hparams.max_pixels)
-        return self._loader(dataset, self.hparams.eval_batch_size, collate_images)
+        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+        skip = {i for i, pos in enumerate(dataset.image_positions) if pos in self.predict_skip}
+        workers = self.hparams.num_workers
+        return DataLoader(
+            dataset,
+            batch_size=self.hparams.eval_batch_size,
+            sampler=ExactShardSampler(len(dataset), rank, world, skip),
+            num_workers=workers,
+            collate_fn=collate_images,
+            persistent_workers=workers > 0,
+        )

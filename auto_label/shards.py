@@ -1,0 +1,239 @@
+"""Per-rank result shards that survive a kill, so a labeling run can resume and still write exactly once.
+
+A run's shard folder holds one JSONL file per rank. Every line is the complete result of one input item
+(an image), carrying the item's integer key; each rank appends its lines and flushes them after every
+batch. A run killed at any moment (SIGKILL included) leaves complete lines plus at most one partial last
+line per file: the partial line is ignored when reading and cut off before a rank appends again. The
+keys present tell a restarted run what to skip. The merge reads all shards, whatever number of ranks or
+attempts wrote them, and yields the records in key order, each key once; it holds only a compact index
+(key, file, offset) in memory, never the records.
+
+A manifest (`run.json`) records what produced the shards; a restart with other inputs or settings is
+refused instead of silently mixing two runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from array import array
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import BasePredictionWriter
+
+from auto_label.writers import atomic_write, dumps
+
+MANIFEST = "run.json"
+log = logging.getLogger(__name__)
+
+
+class ShardError(ValueError):
+    """Shards that cannot be used for this run; the message names the folder or file and line."""
+
+
+def file_digest(path: str | Path) -> str:
+    """sha256 of a file's bytes (identifies the input a run's shards belong to)."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def weights_digest(module) -> str:
+    """sha256 of a module's parameters and buffers (identifies the weights a run's shards came from)."""
+    digest = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def _complete_lines(path: Path) -> Iterator[tuple[int, int, bytes]]:
+    """(line number, byte offset, line) for every newline-terminated line; a partial last line is skipped."""
+    offset = 0
+    with path.open("rb") as f:
+        for number, line in enumerate(f, start=1):
+            if line.endswith(b"\n"):
+                yield number, offset, line
+            offset += len(line)
+
+
+def _complete_size(path: Path) -> int:
+    """Length of the file up to and including its last newline."""
+    size = 0
+    for _, offset, line in _complete_lines(path):
+        size = offset + len(line)
+    return size
+
+
+class ShardStore:
+    """A folder of per-rank JSONL shards keyed by the integer field `key` of each record."""
+
+    def __init__(self, directory: str | Path, key: str):
+        self.directory = Path(directory)
+        self.key = key
+        self._file = None
+
+    def shard_path(self, rank: int) -> Path:
+        return self.directory / f"rank{rank:05d}.jsonl"
+
+    def shards(self) -> list[Path]:
+        return sorted(self.directory.glob("rank*.jsonl"))
+
+    def write_manifest(self, fingerprint: dict) -> None:
+        """Main process only: record what this run is made of, unless earlier shards already did."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        if not (self.directory / MANIFEST).is_file():
+            with atomic_write(self.directory / MANIFEST) as f:
+                f.write(json.dumps(fingerprint, indent=1, sort_keys=True, default=str) + "\n")
+
+    def check(self, fingerprint: dict) -> None:
+        """Every process, after `write_manifest`: refuse shards left by a run with other inputs or settings."""
+        recorded = json.loads((self.directory / MANIFEST).read_text(encoding="utf-8"))
+        current = json.loads(json.dumps(fingerprint, sort_keys=True, default=str))
+        if recorded != current:
+            changed = sorted(k for k in set(recorded) | set(current) if recorded.get(k) != current.get(k))
+            raise ShardError(
+                f"{self.directory} holds partial results of a run with different {', '.join(changed)}; "
+                "start over with --fresh (or delete that folder) to discard them"
+            )
+
+    def _records_with_offsets(self) -> Iterator[tuple[int, int, int, dict]]:
+        for file_index, path in enumerate(self.shards()):
+            for number, offset, line in _complete_lines(path):
+                try:
+                    record = json.loads(line)
+                    key = record[self.key]
+                except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+                    raise ShardError(f"{path}: line {number}: not a result record ({e}); rerun with --fresh") from None
+                yield file_index, offset, key, record
+
+    def done_keys(self) -> set[int]:
+        """Keys of the items whose results are complete on disk."""
+        if not self.directory.is_dir():
+            return set()
+        return {key for _, _, key, _ in self._records_with_offsets()}
+
+    def open(self, rank: int) -> None:
+        """Start appending this rank's results, first cutting off a partial last line a kill left behind."""
+        path = self.shard_path(rank)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists():
+            with path.open("r+b") as f:
+                f.truncate(_complete_size(path))
+        self._file = path.open("a", encoding="utf-8")
+
+    def write(self, records: list[dict]) -> None:
+        """Append one batch of records and flush it to the OS, so a killed process loses no finished item."""
+        self._file.write("".join(dumps(r) + "\n" for r in records))
+        self._file.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def merged(self) -> Iterator[dict]:
+        """All records in key order, each key once (a key written twice, by two attempts, is the same item)."""
+        files, offsets, keys = array("q"), array("q"), array("q")  # 24 bytes an item
+        for file_index, offset, key, _ in self._records_with_offsets():
+            files.append(file_index)
+            offsets.append(offset)
+            keys.append(key)
+        order = np.argsort(np.frombuffer(keys, dtype=np.int64), kind="stable")
+        handles = [p.open("rb") for p in self.shards()]
+        try:
+            previous = None
+            for i in order:
+                if keys[i] == previous:
+                    continue
+                previous = keys[i]
+                handle = handles[files[i]]
+                handle.seek(offsets[i])
+                yield json.loads(handle.readline())
+        finally:
+            for handle in handles:
+                handle.close()
+
+    def remove(self) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+class ShardedPredictionWriter(BasePredictionWriter):
+    """The Lightning side of a ShardStore: resume at setup, append every batch, merge once at teardown.
+
+    Barriers sit only in `setup` and `teardown`, which every rank runs: a rank left with no images
+    (a small input, or a resumed run) skips Lightning's predict hooks altogether and must not be waited
+    for there. Subclasses say what identifies a run (`fingerprint`), what a batch's records are
+    (`records`) and how the final files are made (`merge`, rank 0, returns the run's counts).
+    """
+
+    def __init__(self, shard_dir: str | Path, key: str, fresh: bool = False, keep_shards: bool = False):
+        super().__init__(write_interval="batch")
+        self.store = ShardStore(shard_dir, key)
+        self.fresh, self.keep_shards = fresh, keep_shards
+        self.resumed: set[int] = set()
+        self.summary: dict | None = None
+        self._fingerprint: dict | None = None
+
+    def fingerprint(self, trainer, pl_module) -> dict:
+        raise NotImplementedError
+
+    def records(self, trainer, prediction, batch) -> list[dict]:
+        raise NotImplementedError
+
+    def merge(self, trainer) -> dict:
+        raise NotImplementedError
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        """Before the data is split over ranks: find the items an interrupted run already finished."""
+        if stage != "predict":
+            return
+        trainer.predict_loop.return_predictions = False  # results go to disk, not into a list
+        if self.fresh and trainer.is_global_zero:
+            self.store.remove()
+        trainer.strategy.barrier()
+        self.resumed = self.store.done_keys()
+        trainer.datamodule.predict_skip = self.resumed
+        self._fingerprint = self.summary = None
+        if self.resumed and trainer.is_global_zero:
+            log.info("resuming: %d items already done in %s", len(self.resumed), self.store.directory)
+
+    def _check_fingerprint(self, trainer, pl_module) -> None:
+        """With the weights loaded: refuse to mix these results with those of a different run."""
+        if self._fingerprint is None:
+            fingerprint = self.fingerprint(trainer, pl_module)
+            self.store.write_manifest(fingerprint)  # every rank computes the same one; the first one stays
+            self.store.check(fingerprint)
+            self._fingerprint = fingerprint
+
+    def on_predict_start(self, trainer, pl_module) -> None:
+        self._check_fingerprint(trainer, pl_module)
+        self.store.open(trainer.global_rank)
+
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
+        self.store.write(self.records(trainer, prediction, batch))
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        if stage != "predict":
+            return
+        self.store.close()
+        trainer.strategy.barrier()
+        failure = None
+        if trainer.is_global_zero:
+            try:
+                self._check_fingerprint(trainer, pl_module)
+                self.summary = {**self.merge(trainer), "resumed_items": len(self.resumed)}
+                if not self.keep_shards:
+                    self.store.remove()
+            except Exception as e:  # raised after the barrier, so the other ranks are not left waiting
+                failure = e
+        trainer.strategy.barrier()  # no rank moves on (e.g. to a next stage) before the files exist
+        if failure is not None:
+            raise failure

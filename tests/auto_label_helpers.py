@@ -1,0 +1,77 @@
+"""Tiny real models and specs for the `auto_label generate` tests, built once per test session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import yaml
+from conftest import TINY_MAL_ARGS
+from gdino_helpers import save_tiny_model_dir
+
+from auto_label.synthetic import make_synthetic_coco
+from mal.__main__ import cli_main
+
+_ASSETS: dict[str, Path] = {}
+SMALL_RESIZE = {"test_random_resize": 96, "random_resize_max_size": 160}
+
+
+def tiny_assets(tmp_path_factory) -> dict[str, Path]:
+    """A tiny MAL checkpoint fitted for one epoch, a tiny Grounding DINO directory, and 12 images with boxes."""
+    if not _ASSETS:
+        torch.set_num_threads(1)
+        root = tmp_path_factory.mktemp("auto_label_assets")
+        train = make_synthetic_coco(root, num_images=4, height=96, width=128, max_objects=3, seed=0, name="train")
+        boxes = make_synthetic_coco(root, num_images=12, height=96, width=128, max_objects=3, seed=3, name="boxes")
+        cli = cli_main(
+            [
+                "fit",
+                *TINY_MAL_ARGS,
+                "--data.train_ann_path",
+                str(train),
+                "--data.train_img_dir",
+                str(root / "images"),
+                "--trainer.max_epochs",
+                "1",
+                "--trainer.logger",
+                "false",
+                f"--trainer.default_root_dir={root / 'run'}",
+            ]
+        )
+        checkpoint = root / "tiny_mal.ckpt"
+        cli.trainer.save_checkpoint(checkpoint)
+        _ASSETS.update(
+            root=root,
+            images=root / "images",
+            boxes=boxes,
+            mal_checkpoint=checkpoint,
+            gdino=save_tiny_model_dir(root / "gdino_tiny"),
+        )
+    return _ASSETS
+
+
+def write_spec(path: Path, spec: dict) -> Path:
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def text2mask_spec(assets, results_dir: Path, image_dir: Path | None = None, **top) -> dict:
+    """Grounding DINO boxes for two classes on the tiny model, then MAL masks, one image a step."""
+    return {
+        "autolabel_type": "text2mask",
+        "results_dir": str(results_dir),
+        "batch_size": 1,
+        "num_workers": 0,
+        **top,
+        "grounding_dino": {
+            "checkpoint": str(assets["gdino"]),
+            "visualize": False,
+            "iteration_scheduler": [{"conf_threshold": 0.5}],
+            "dataset": {
+                "image_dir": str(image_dir or assets["images"]),
+                "class_names": ["star", "ring"],
+                "augmentation": SMALL_RESIZE,
+            },
+        },
+        "mal": {"checkpoint": str(assets["mal_checkpoint"])},
+    }

@@ -1,0 +1,131 @@
+"""`auto_label generate` end to end on tiny real models: mal and text2mask modes, the run report, errors."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from auto_label_helpers import text2mask_spec, tiny_assets, write_spec
+from conftest import REPO, TINY_MAL_ARGS
+from gdino_helpers import needs_vocab
+
+from auto_label.__main__ import cli
+from auto_label.coco import load_coco
+from auto_label.masks import segmentation_to_mask
+from auto_label.spec import SpecError
+from mal.__main__ import cli_main
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    return tiny_assets(tmp_path_factory)
+
+
+def mal_spec(assets, results_dir, **mal) -> dict:
+    return {
+        "autolabel_type": "mal",
+        "results_dir": str(results_dir),
+        "num_workers": 0,
+        "mal": {
+            "checkpoint": str(assets["mal_checkpoint"]),
+            "inference": {"ann_path": str(assets["boxes"]), "img_dir": str(assets["images"])},
+            **mal,
+        },
+    }
+
+
+def test_mal_mode_matches_mal_predict_and_writes_a_report(assets, tmp_path, capsys):
+    spec = write_spec(tmp_path / "box2seg.yaml", mal_spec(assets, tmp_path / "out"))
+    report = cli(["generate", "-e", str(spec), "batch_size=2"])
+    out = tmp_path / "out" / "labels.json"
+    printed = capsys.readouterr().out
+    assert "report:" in printed and "images/s" in printed
+
+    reference = tmp_path / "predict.json"  # the same checkpoint through `python -m mal predict`
+    cli_main(
+        [
+            "predict",
+            *TINY_MAL_ARGS,
+            "--trainer.logger",
+            "false",
+            f"--trainer.default_root_dir={tmp_path}",
+            "--ckpt_path",
+            str(assets["mal_checkpoint"]),
+            "--data.predict_ann_path",
+            str(assets["boxes"]),
+            "--data.predict_img_dir",
+            str(assets["images"]),
+            "--writer.label_dump_path",
+            str(reference),
+        ]
+    )
+    assert out.read_bytes() == reference.read_bytes()
+
+    labels = load_coco(out, assets["images"])
+    on_disk = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert on_disk["counts"] == report["counts"]
+    assert report["counts"]["images"] == len(labels.images) == 12
+    assert report["counts"]["boxes"] == len(labels.annotations) > 0
+    assert report["counts"]["masks"] == sum(a["area"] > 0 for a in labels.annotations)
+    assert report["skipped"] == [] and report["counts"]["resumed_items"] == 0
+    assert report["wall_time_s"] > 0 and report["images_per_s"] > 0 and report["boxes_per_s"] > 0
+    assert report["peak_memory"]["cpu_rss_bytes"] > 10 * 2**20
+    assert report["spec"]["batch_size"] == 2 and report["overrides"] == ["batch_size=2"]
+    assert report["inputs"]["mal_ann_path"] == str(assets["boxes"])
+    assert {"torch", "lightning", "transformers", "python"} <= set(report["versions"])
+    assert not list((tmp_path / "out").glob(".*shards"))
+
+
+def test_bad_images_are_skipped_and_reported(assets, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    for p in assets["images"].glob("boxes_*.jpg"):
+        (images / p.name).write_bytes(p.read_bytes())
+    (images / "boxes_00003.jpg").write_bytes(b"\xff\xd8 truncated")
+    spec = mal_spec(assets, tmp_path / "out")
+    spec["mal"]["inference"]["img_dir"] = str(images)
+    report = cli(["generate", "-e", str(write_spec(tmp_path / "s.yaml", spec))])
+    assert [s["file_name"] for s in report["skipped"]] == ["boxes_00003.jpg"]
+    assert report["skipped"][0]["stage"] == "mal" and "boxes_00003.jpg" in report["skipped"][0]["reason"]
+    assert report["counts"]["images"] == 11 and report["counts"]["skipped_images"] == 1
+
+
+def test_architecture_keys_must_agree_with_our_checkpoint(assets, tmp_path):
+    spec = write_spec(tmp_path / "s.yaml", mal_spec(assets, tmp_path / "out", model={"arch": "vit-mae-base/16"}))
+    with pytest.raises(SpecError, match="mal.model.arch is 'vit-mae-base/16' but .* was trained with"):
+        cli(["generate", "-e", str(spec)])
+
+
+@needs_vocab
+def test_text2mask_keeps_boxes_and_both_scores(assets, tmp_path):
+    spec = write_spec(tmp_path / "t2m.yaml", text2mask_spec(assets, tmp_path / "out"))
+    report = cli(["generate", "-e", str(spec)])
+    boxes = load_coco(tmp_path / "out" / "grounding_dino" / "labels.json", assets["images"])
+    masks = load_coco(tmp_path / "out" / "mal" / "labels.json", assets["images"])
+    assert masks.images == boxes.images and len(masks.images) == 16
+    assert len(masks.annotations) == len(boxes.annotations) > 0
+    sizes = {im["id"]: (im["height"], im["width"]) for im in masks.images}
+    for box, mask in zip(boxes.annotations, masks.annotations):
+        for key in ("id", "image_id", "category_id", "bbox", "score"):
+            assert mask[key] == box[key]
+        assert 0 <= mask["mal_score"] <= 1
+        assert mask["area"] == int(segmentation_to_mask(mask["segmentation"], *sizes[mask["image_id"]]).sum())
+    assert report["counts"]["boxes"] == len(boxes.annotations) and report["counts"]["images"] == 16
+    assert [s["name"] for s in report["stages"]] == ["grounding_dino", "mal"]
+    assert (tmp_path / "out" / "grounding_dino" / "final_annotation.jsonl").is_file()
+    assert not list((tmp_path / "out").rglob(".*shards"))
+
+
+def test_cli_error_names_the_unknown_key_without_traceback(tmp_path):
+    spec = tmp_path / "s.yaml"
+    spec.write_text("autolabel_type: mal\nresults_dir: o\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "auto_label", "generate", "-e", str(spec), "mal.inferense.batch_size=2"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert "unknown key 'mal.inferense'; did you mean 'mal.inference'?" in result.stderr
+    assert "Traceback" not in result.stderr

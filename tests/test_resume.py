@@ -1,0 +1,143 @@
+"""Resume: a run killed with SIGKILL mid-way and started again ends with exactly the uninterrupted output."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import cv2
+import numpy as np
+import pytest
+from auto_label_helpers import text2mask_spec, tiny_assets, write_spec
+from conftest import REPO
+from gdino_helpers import needs_vocab
+
+from auto_label.__main__ import cli
+from auto_label.shards import ShardError, ShardStore
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    return tiny_assets(tmp_path_factory)
+
+
+def kill_when_shards_have(spec, shard_dir, lines: int) -> int:
+    """Start the real command, SIGKILL it once its shards hold `lines` finished images; return that count."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "auto_label", "generate", "-e", str(spec)]
+    proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    try:
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, "the run finished before it could be killed"
+            done = sum(p.read_bytes().count(b"\n") for p in shard_dir.glob("rank*.jsonl"))
+            if done >= lines:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+                return done
+            time.sleep(0.005)
+        pytest.fail("no results appeared in the shards")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def big_boxes_file(root) -> tuple:
+    """16 noisy 1200x1600 images with 30 boxes each: slow enough (RLE of big masks) to be killed mid-way."""
+    rng = np.random.default_rng(0)
+    images, annotations = [], []
+    (root / "big").mkdir()
+    for image_id in range(1, 17):
+        name = f"big_{image_id:02d}.jpg"
+        cv2.imwrite(str(root / "big" / name), rng.integers(0, 255, (1200, 1600, 3), dtype=np.uint8))
+        images.append({"id": image_id, "file_name": name, "width": 1600, "height": 1200})
+        for _ in range(30):
+            x, y = rng.uniform(0, 1200), rng.uniform(0, 900)
+            bbox = [round(x, 1), round(y, 1), round(rng.uniform(50, 400), 1), round(rng.uniform(50, 300), 1)]
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": 1, "bbox": bbox})
+    path = root / "big.json"
+    path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "x"}]}))
+    return path, root / "big"
+
+
+def test_killed_mal_run_resumes_to_the_uninterrupted_output(assets, tmp_path):
+    ann_path, img_dir = big_boxes_file(tmp_path)
+
+    def spec(name):
+        return write_spec(
+            tmp_path / f"{name}.yaml",
+            {
+                "autolabel_type": "mal",
+                "results_dir": str(tmp_path / name),
+                "num_workers": 0,
+                "batch_size": 1,
+                "mal": {
+                    "checkpoint": str(assets["mal_checkpoint"]),
+                    "inference": {"ann_path": str(ann_path), "img_dir": str(img_dir)},
+                },
+            },
+        )
+
+    cli(["generate", "-e", str(spec("reference"))])
+    killed = spec("killed")
+    done = kill_when_shards_have(killed, tmp_path / "killed" / ".labels.json.shards", 2)
+    assert 2 <= done < 16 and not (tmp_path / "killed" / "labels.json").exists()
+
+    report = cli(["generate", "-e", str(killed)])  # the same command again
+    assert 2 <= report["counts"]["resumed_items"] < 16
+    assert report["images_this_run"] == 16 - report["counts"]["resumed_items"]
+    labels = (tmp_path / "killed" / "labels.json").read_bytes()
+    assert labels == (tmp_path / "reference" / "labels.json").read_bytes()
+
+
+@needs_vocab
+def test_killed_text2mask_run_resumes_and_fresh_starts_over(assets, tmp_path):
+    cli(["generate", "-e", str(write_spec(tmp_path / "ref.yaml", text2mask_spec(assets, tmp_path / "ref")))])
+    spec = write_spec(tmp_path / "run.yaml", text2mask_spec(assets, tmp_path / "run"))
+    shard_dir = tmp_path / "run" / "grounding_dino" / ".labels.json.shards"
+    done = kill_when_shards_have(spec, shard_dir, 3)
+    assert done < 16
+    with (shard_dir / "rank00000.jsonl").open("a") as f:
+        f.write('{"index": 15, "file_name": "trai')  # what a kill in the middle of a write leaves
+
+    report = cli(["generate", "-e", str(spec)])
+    assert report["stages"][0]["resumed_items"] == done
+    for stage in ("grounding_dino", "mal"):
+        produced = (tmp_path / "run" / stage / "labels.json").read_bytes()
+        assert produced == (tmp_path / "ref" / stage / "labels.json").read_bytes()
+    assert not list((tmp_path / "run").rglob(".*shards"))
+
+    again = cli(["generate", "-e", str(spec), "--fresh"])
+    assert again["counts"]["resumed_items"] == 0 and again["images_this_run"] == 16
+    assert (tmp_path / "run" / "mal" / "labels.json").read_bytes() == (
+        tmp_path / "ref" / "mal" / "labels.json"
+    ).read_bytes()
+
+
+def test_partial_last_line_is_ignored_then_cut_and_merge_is_exactly_once(tmp_path):
+    store = ShardStore(tmp_path / "shards", "key")
+    store.open(0)
+    store.write([{"key": 2, "v": "b"}, {"key": 0, "v": "a"}])
+    store.close()
+    with (tmp_path / "shards" / "rank00000.jsonl").open("a") as f:
+        f.write('{"key": 4, "v"')  # killed mid-write
+    store.open(1)
+    store.write([{"key": 2, "v": "b"}, {"key": 1, "v": "c"}])  # a repeat by a second attempt is the same item
+    store.close()
+    assert store.done_keys() == {0, 1, 2}
+    store.open(0)  # appending after the cut
+    store.write([{"key": 4, "v": "d"}])
+    store.close()
+    assert [r["key"] for r in store.merged()] == [0, 1, 2, 4]
+    assert (tmp_path / "shards" / "rank00000.jsonl").read_text().count("\n") == 3
+
+
+def test_shards_of_a_different_run_are_refused(tmp_path):
+    store = ShardStore(tmp_path / "shards", "key")
+    store.write_manifest({"input": "abc", "model": {"mask_thres": 0.1}})
+    store.check({"input": "abc", "model": {"mask_thres": 0.1}})
+    with pytest.raises(ShardError, match="different model; start over with --fresh"):
+        store.check({"input": "abc", "model": {"mask_thres": 0.5}})
