@@ -25,6 +25,9 @@ lint: install
 
 bench: install
 	$(PY) benchmarks/mal_coco128.py
+	$(PY) benchmarks/mal_predict.py
+	$(PY) benchmarks/gdino_label.py
+	$(PY) benchmarks/memory.py
 
 clean:
 	rm -rf results runs .pytest_cache

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from auto_label.cli import run_guarded
+from auto_label.images import DEFAULT_MAX_PIXELS
 
 EPILOG = """examples:
   auto_label generate -e configs/auto_label/box2seg.yaml results_dir=out/ num_gpus=2
@@ -32,6 +33,20 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     generate.add_argument("-e", "--experiment_spec_file", required=True, help="the spec YAML")
     generate.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. results_dir=out/")
     generate.add_argument("--fresh", action="store_true", help="discard an interrupted run's results, start over")
+    generate.add_argument(
+        "--strict", action="store_true", help="stop at the first unreadable image instead of skipping and listing it"
+    )
+    generate.add_argument(
+        "--allow-outside-image-dir",
+        action="store_true",
+        help="accept image file names (and links) that lead outside the image folder",
+    )
+    generate.add_argument(
+        "--max-pixels",
+        type=int,
+        default=DEFAULT_MAX_PIXELS,
+        help=f"skip images with more pixels than this (decompression bombs; default {DEFAULT_MAX_PIXELS})",
+    )
     return parser.parse_args(argv)
 
 
@@ -43,7 +58,8 @@ def cli(argv: list[str]) -> dict | None:
     spec = load_spec(args.experiment_spec_file, args.overrides)
     from auto_label.generate import generate
 
-    return generate(spec, fresh=args.fresh)
+    options = {"strict": args.strict, "allow_outside_image_dir": args.allow_outside_image_dir}
+    return generate(spec, fresh=args.fresh, data_options={**options, "max_pixels": args.max_pixels})
 
 
 def main() -> None:

@@ -8,20 +8,39 @@ from collections.abc import Callable
 
 USER_ERRORS = (ValueError, OSError)
 
+# Short flags shared by every command, and the data option each one stands for.
+DATA_FLAGS = {
+    "--strict": "--data.strict=true",
+    "--allow-outside-image-dir": "--data.allow_outside_image_dir=true",
+}
+
+
+def expand_flags(argv: list[str], flags: dict[str, str] = DATA_FLAGS) -> list[str]:
+    """Replace the short flags (`--strict`) by the Lightning CLI options they stand for."""
+    return [flags.get(arg, arg) for arg in argv]
+
+
+def pop_debug(argv: list[str]) -> tuple[list[str], bool]:
+    """(argv without `--debug`, whether it was there)."""
+    return [a for a in argv if a != "--debug"], "--debug" in argv
+
+
+def report_error(error: BaseException, prefix: str = "error") -> None:
+    print(f"{prefix}: {error}", file=sys.stderr)
+    print("(run again with --debug for the full traceback)", file=sys.stderr)
+
 
 def run_guarded(main: Callable[[list[str]], None]) -> None:
     """Call `main(sys.argv[1:])`; user-facing errors print `error: ...` and exit 2 unless `--debug` is given."""
-    debug = "--debug" in sys.argv
-    sys.argv = [a for a in sys.argv if a != "--debug"]
-    argv = sys.argv[1:]
+    argv, debug = pop_debug(sys.argv)
+    sys.argv = argv
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        main(argv)
+        main(argv[1:])
     except USER_ERRORS as e:
         if debug:
             raise
-        print(f"error: {e}", file=sys.stderr)
-        print("(run again with --debug for the full traceback)", file=sys.stderr)
+        report_error(e)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

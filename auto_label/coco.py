@@ -148,11 +148,19 @@ def validate_coco(data: dict, path: str | Path, require_annotations: bool = True
 
 
 def resolve_image_path(image_dir: str | Path, file_name: str, allow_outside: bool = False) -> Path:
-    """Join `file_name` to `image_dir`, refusing names that escape the directory (../, absolute, links)."""
+    """Join `file_name` to `image_dir`, refusing names that escape the directory (../, absolute, links).
+
+    Symbolic links are followed before the check, so a link inside the folder that points elsewhere is
+    refused too: an annotation file must not make a labeler read (and copy into its outputs) any file
+    on the machine unless the user said so.
+    """
     root = Path(image_dir).resolve()
     path = (root / file_name).resolve()
     if not allow_outside and not path.is_relative_to(root):
-        raise CocoFormatError(f"image file_name {file_name!r} points outside the image directory {root}")
+        raise CocoFormatError(
+            f"{file_name!r} points outside the image directory {root} (to {path}); "
+            "pass --allow-outside-image-dir to allow that"
+        )
     return path
 
 
@@ -163,6 +171,7 @@ class CocoFile:
     path: Path
     data: dict
     image_dir: Path
+    allow_outside: bool = False
     images_by_id: dict[int, dict] = field(init=False)
     categories_by_id: dict[int, dict] = field(init=False)
     annotation_indices_by_image: dict[int, list[int]] = field(init=False)
@@ -186,8 +195,8 @@ class CocoFile:
     def categories(self) -> list[dict]:
         return self.data["categories"]
 
-    def image_path(self, image: dict, allow_outside: bool = False) -> Path:
-        return resolve_image_path(self.image_dir, image["file_name"], allow_outside)
+    def image_path(self, image: dict) -> Path:
+        return resolve_image_path(self.image_dir, image["file_name"], self.allow_outside)
 
 
 def load_coco(
@@ -196,24 +205,39 @@ def load_coco(
     check_image_files: bool = True,
     require_annotations: bool = True,
     allow_outside_image_dir: bool = False,
+    allow_missing_images: bool = False,
 ) -> CocoFile:
-    """Read and validate a COCO file; `image_dir` defaults to the JSON's folder."""
+    """Read and validate a COCO file; `image_dir` defaults to the JSON's folder.
+
+    Every `file_name` is checked against the image directory (see `resolve_image_path`). With
+    `check_image_files`, the directory must exist and a missing image file is an error, unless
+    `allow_missing_images`: then a labeler skips it and lists it with its reason, like an undecodable
+    one, and only a file naming no existing image at all (a wrong directory, surely) is an error.
+    """
     path = Path(path)
     data = read_json(path)
     validate_coco(data, path, require_annotations=require_annotations)
-    coco = CocoFile(path=path, data=data, image_dir=Path(image_dir) if image_dir else path.parent)
-    if check_image_files:
-        if not coco.image_dir.is_dir():
-            raise CocoFormatError(f"{path}: image directory {coco.image_dir} does not exist")
-        missing = []
-        for index, image in enumerate(coco.images):
-            try:
-                image_path = coco.image_path(image, allow_outside_image_dir)
-            except CocoFormatError as e:
-                raise CocoFormatError(f"{path}: {_record('images', index, image)}: field 'file_name': {e}") from None
-            if not image_path.is_file():
-                missing.append(f"{_record('images', index, image)}: field 'file_name': {image_path} not found")
-        if missing:
-            more = f"\n  ... and {len(missing) - 5} more" if len(missing) > 5 else ""
-            raise CocoFormatError(f"{path}: image files missing:\n  " + "\n  ".join(missing[:5]) + more)
+    coco = CocoFile(
+        path=path,
+        data=data,
+        image_dir=Path(image_dir) if image_dir else path.parent,
+        allow_outside=allow_outside_image_dir,
+    )
+    if check_image_files and not coco.image_dir.is_dir():
+        raise CocoFormatError(f"{path}: image directory {coco.image_dir} does not exist")
+    missing = []
+    for index, image in enumerate(coco.images):
+        where = f"{_record('images', index, image)}: field 'file_name'"
+        try:
+            image_path = coco.image_path(image)
+        except CocoFormatError as e:
+            raise CocoFormatError(f"{path}: {where}: {e}") from None
+        if check_image_files and not image_path.is_file():
+            missing.append(f"{where}: {image_path} not found")
+    if missing and (not allow_missing_images or len(missing) == len(coco.images)):
+        more = f"\n  ... and {len(missing) - 5} more" if len(missing) > 5 else ""
+        which = "none of the image files exist" if len(missing) == len(coco.images) else "image files missing"
+        raise CocoFormatError(
+            f"{path}: {which} (image directory {coco.image_dir}):\n  " + "\n  ".join(missing[:5]) + more
+        )
     return coco

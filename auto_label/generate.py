@@ -20,6 +20,7 @@ import torch
 
 from auto_label.report import build_report, summary, write_report
 from auto_label.spec import IMAGENET_MEAN, IMAGENET_STD, Spec, SpecError
+from auto_label.writers import check_writable
 from gdino.data import GroundingDinoDataModule
 from gdino.module import GroundingDinoLabeler
 from gdino.writer import CocoPredictionWriter
@@ -135,17 +136,21 @@ def _setting(spec: Spec, own: str, top: str):
     return spec.get(own) if spec.is_set(own) else spec.get(top)
 
 
-def run_mal(spec: Spec, ann_path: str, img_dir: str, fresh: bool) -> dict:
+def run_mal(spec: Spec, ann_path: str, img_dir: str, fresh: bool, data_options: dict) -> dict:
     out = spec.get("mal.inference.label_dump_path") or stage_dir(spec, "mal") / "labels.json"
-    module = build_mal(spec)
-    data = COCOBoxDataModule(
+    data_kwargs = dict(
         predict_ann_path=str(ann_path),
         predict_img_dir=str(img_dir),
-        crop_size=module.hparams.crop_size,
         eval_batch_size=_setting(spec, "mal.inference.batch_size", "batch_size"),
         num_workers=_setting(spec, "mal.dataset.num_workers_per_gpu", "num_workers"),
         test_margin_rate=tuple(spec.get("mal.train.test_margin_rate")),
+        **data_options,
     )
+    check_writable(Path(out).parent)
+    boxes = COCOBoxDataModule(**data_kwargs).load_predict_coco()  # a bad file stops here, before the weights
+    module = build_mal(spec)
+    data = COCOBoxDataModule(crop_size=module.hparams.crop_size, **data_kwargs)
+    data.predict_coco = boxes
     writer = MaskLabelWriter(str(out), fresh=fresh)
     summary = _predict(spec, module, data, writer)
     inputs = {"mal_checkpoint": spec.get("mal.checkpoint"), "mal_ann_path": str(ann_path), "mal_img_dir": str(img_dir)}
@@ -190,7 +195,7 @@ def build_gdino(spec: Spec) -> GroundingDinoLabeler:
     return labeler
 
 
-def run_gdino(spec: Spec, fresh: bool, writer_kwargs: dict) -> dict:
+def run_gdino(spec: Spec, fresh: bool, writer_kwargs: dict, data_options: dict) -> dict:
     """Label boxes; `writer_kwargs` lets a chained run keep the shards until its last stage is done."""
     out_dir = stage_dir(spec, "grounding_dino")
     class_names = spec.get("grounding_dino.dataset.class_names")
@@ -200,7 +205,9 @@ def run_gdino(spec: Spec, fresh: bool, writer_kwargs: dict) -> dict:
         noun_chunk_path=spec.get("grounding_dino.dataset.noun_chunk_path"),
         batch_size=spec.get("batch_size"),
         num_workers=spec.get("num_workers"),
+        **data_options,
     )
+    check_writable(out_dir)
     writer = CocoPredictionWriter(
         str(out_dir / "labels.json"),
         odvg_path=str(out_dir / "final_annotation.jsonl"),
@@ -227,18 +234,24 @@ def _predict(spec: Spec, module, data, writer) -> dict:
     return summary
 
 
-def generate(spec: Spec, fresh: bool = False) -> dict | None:
-    """Run every stage of the spec; rank 0 writes and prints the report and returns it (other ranks: None)."""
+def generate(spec: Spec, fresh: bool = False, data_options: dict | None = None) -> dict | None:
+    """Run every stage of the spec; rank 0 writes and prints the report and returns it (other ranks: None).
+
+    `data_options` go to every stage's data module: strict, allow_outside_image_dir, max_pixels.
+    """
+    data_options = data_options or {}
     start = time.perf_counter()
     kind = spec.get("autolabel_type")
     stages = []
     if kind in ("grounding_dino", "text2mask"):
         # A chained run keeps Grounding DINO's shards until MAL is done, so a restart does not redo the boxes.
-        stages.append(run_gdino(spec, fresh, {"keep_shards": kind == "text2mask"}))
+        stages.append(run_gdino(spec, fresh, {"keep_shards": kind == "text2mask"}, data_options))
     if kind == "mal":
-        stages.append(run_mal(spec, spec.get("mal.inference.ann_path"), spec.get("mal.inference.img_dir"), fresh))
+        ann_path, img_dir = spec.get("mal.inference.ann_path"), spec.get("mal.inference.img_dir")
+        stages.append(run_mal(spec, ann_path, img_dir, fresh, data_options))
     if kind == "text2mask":
-        stages.append(run_mal(spec, stages[0]["output"], spec.get("grounding_dino.dataset.image_dir"), fresh))
+        image_dir = spec.get("grounding_dino.dataset.image_dir")
+        stages.append(run_mal(spec, stages[0]["output"], image_dir, fresh, data_options))
     if not stages[-1]["is_global_zero"]:
         return None
     shards = stages[0].pop("shards", None)

@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import shutil
+import sys
 from array import array
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,6 +35,10 @@ log = logging.getLogger(__name__)
 
 class ShardError(ValueError):
     """Shards that cannot be used for this run; the message names the folder or file and line."""
+
+
+class StrictSkipError(ValueError):
+    """An item was skipped (undecodable image, missing file) in a run that was told to be strict."""
 
 
 def file_digest(path: str | Path) -> str:
@@ -191,6 +196,10 @@ class ShardedPredictionWriter(BasePredictionWriter):
     def merge(self, trainer) -> dict:
         raise NotImplementedError
 
+    def skip_reason(self, record: dict) -> str | None:
+        """Why the item of `record` was skipped ("file: reason"), or None when it was labelled."""
+        raise NotImplementedError
+
     def setup(self, trainer, pl_module, stage: str) -> None:
         """Before the data is split over ranks: find the items an interrupted run already finished."""
         if stage != "predict":
@@ -218,7 +227,32 @@ class ShardedPredictionWriter(BasePredictionWriter):
         self.store.open(trainer.global_rank)
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
-        self.store.write(self.records(trainer, prediction, batch))
+        """Append the batch's records; with the data's `strict` set, a skipped item stops the run instead.
+
+        In strict mode the skipped item's record is not written, so that a run started again after the
+        input is fixed labels it.
+        """
+        records = self.records(trainer, prediction, batch)
+        skipped = [reason for r in records if (reason := self.skip_reason(r)) is not None]
+        if skipped and getattr(trainer.datamodule, "strict", False):
+            self.store.write([r for r in records if self.skip_reason(r) is None])
+            raise StrictSkipError(
+                f"--strict: {skipped[0]}"
+                + (f" (and {len(skipped) - 1} more in this batch)" if len(skipped) > 1 else "")
+                + f"; the results so far are kept in {self.store.directory}: fix or remove the input and "
+                "run the same command again to resume"
+            )
+        self.store.write(records)
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        """Ctrl-C or a failure: keep every finished result on disk and say how to go on."""
+        self.store.close()
+        if isinstance(exception, KeyboardInterrupt) and trainer.is_global_zero:
+            print(
+                f"interrupted: the finished results are kept in {self.store.directory}; run the same command "
+                "again to resume (--fresh to start over)",
+                file=sys.stderr,
+            )
 
     def teardown(self, trainer, pl_module, stage: str) -> None:
         if stage != "predict":

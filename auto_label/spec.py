@@ -297,5 +297,25 @@ def validate(spec: Spec) -> None:
                     f"{spec.source}: {key} is not used by text2mask (the boxes come from Grounding DINO and the "
                     "images from grounding_dino.dataset.image_dir); remove it"
                 )
+    _validate_values(spec, kind)
     if not (spec.get("results_dir") or spec.get("mal.results_dir") or spec.get("grounding_dino.results_dir")):
         raise SpecError(f"{spec.source}: results_dir is required (in the spec or as results_dir=... )")
+
+
+def _validate_values(spec: Spec, kind: str) -> None:
+    """Thresholds in [0, 1] and non-empty class lists, checked here so no model is loaded for nothing."""
+    if kind in ("mal", "text2mask"):
+        thresholds = spec.get("mal.train.mask_thres")
+        values = [thresholds] if isinstance(thresholds, (int, float)) else list(thresholds)
+        if len(values) not in (1, 3) or not all(isinstance(v, (int, float)) and 0 <= v <= 1 for v in values):
+            raise SpecError(f"{spec.source}: mal.train.mask_thres must be one or three values in [0, 1], got {values}")
+    if kind in ("grounding_dino", "text2mask"):
+        from gdino.schedule import build_schedule  # light: no model code
+
+        class_names = spec.get("grounding_dino.dataset.class_names")
+        if class_names is not None and len(class_names) == 0:
+            raise SpecError(f"{spec.source}: grounding_dino.dataset.class_names is an empty list; name some classes")
+        try:
+            build_schedule(spec.to_dict()["grounding_dino"]["iteration_scheduler"], None)
+        except ValueError as e:
+            raise SpecError(f"{spec.source}: grounding_dino.iteration_scheduler: {e}") from None

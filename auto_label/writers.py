@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -40,15 +41,31 @@ def atomic_write(path: str | Path, mode: str = "w"):
         raise
 
 
-def check_writable(directory: str | Path) -> None:
-    """Fail early, with a clear message, when results could not be written."""
+MIN_FREE_BYTES = 64 * 2**20
+
+
+def check_writable(directory: str | Path, min_free_bytes: int = MIN_FREE_BYTES) -> None:
+    """Fail early, with a clear message, when results could not be written (unwritable or full disk).
+
+    A probe file is written and synced (creating an empty file can still succeed on a full disk), and
+    the disk must have `min_free_bytes` left, so that a run does not label for hours and then fail
+    to save.
+    """
     directory = Path(directory)
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=directory):
-            pass
+        with tempfile.TemporaryFile(dir=directory) as probe:
+            probe.write(b"\0" * 4096)
+            probe.flush()
+            os.fsync(probe.fileno())
+        free = shutil.disk_usage(directory).free
     except OSError as e:
         raise OSError(f"results directory {directory} is not writable: {e.strerror or e}") from None
+    if free < min_free_bytes:
+        raise OSError(
+            f"results directory {directory}: its disk is (nearly) full: {free / 2**20:.1f} MiB free, "
+            f"at least {min_free_bytes / 2**20:.0f} MiB needed"
+        )
 
 
 class JsonlWriter:

@@ -13,9 +13,8 @@ import warnings
 from jsonargparse import ArgumentParser
 from lightning.pytorch.cli import LightningCLI
 
-from auto_label.coco import CocoFormatError
+from auto_label.cli import USER_ERRORS, expand_flags, pop_debug, report_error
 from gdino.data import GroundingDinoDataModule
-from gdino.errors import GDinoError
 from gdino.evaluate import evaluate, format_report, write_metrics
 from gdino.module import GroundingDinoLabeler
 from gdino.writer import CocoPredictionWriter
@@ -44,6 +43,18 @@ class LabelCLI(LightningCLI):
         parser.add_argument("--output", required=True, help="COCO JSON file to write")
         parser.add_lightning_class_args(CocoPredictionWriter, "writer")
         parser.link_arguments("output", "writer.output")
+
+    def before_instantiate_classes(self) -> None:
+        """Build the data first, so that a bad input file or folder stops the run before weights are read.
+
+        The instance is then handed to the CLI's own instantiation instead of a second one.
+        """
+        data = GroundingDinoDataModule(**self.config["data"])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # add_instantiator is deprecated in jsonargparse, still used here
+            self.parser.add_instantiator(
+                lambda *args, **kwargs: data, GroundingDinoDataModule, subclasses=False, prepend=True
+            )
 
 
 def label(args: list[str]) -> None:
@@ -76,15 +87,19 @@ def evaluate_command(args: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    """Run a command; bad input or configuration gives one error line and status 2 (`--debug`: traceback)."""
+    argv, debug = pop_debug(sys.argv[1:] if argv is None else argv)
+    argv = expand_flags(argv)
     commands = {"label": label, "evaluate": evaluate_command}
     if not argv or argv[0] not in commands:
         print(USAGE, file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     try:
         commands[argv[0]](argv[1:])
-    except (GDinoError, CocoFormatError) as e:
-        print(f"gdino {argv[0]}: error: {e}", file=sys.stderr)
+    except USER_ERRORS as e:  # GDinoError, CocoFormatError, CheckpointError, unwritable results, ...
+        if debug:
+            raise
+        report_error(e, f"gdino {argv[0]}: error")
         return 2
     return 0
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from auto_label.weights import load_weights
 from gdino.errors import GDinoError
 
 SWIN = "model.backbone.conv_encoder.model."
@@ -155,14 +156,8 @@ def convert_state_dict(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.
 
 
 def load_idea_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read an original .pth safely (tensors only, no pickled code) and convert it."""
-    path = Path(path)
-    if not path.is_file():
-        raise GDinoError(f"checkpoint {path} not found")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several types for corrupt or unsafe files
-        raise GDinoError(f"{path}: cannot read as a weights-only PyTorch checkpoint: {e}") from None
+    """Read an original .pth safely (tensors only, no pickled code; a .safetensors twin first) and convert it."""
+    checkpoint = load_weights(path, GDinoError)
     if not isinstance(checkpoint, dict):
         raise GDinoError(f"{path}: expected a dict of tensors, got {type(checkpoint).__name__}")
     converted, _ = convert_state_dict(strip_wrappers(checkpoint))

@@ -17,7 +17,7 @@ import yaml
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from auto_label.coco import load_coco, resolve_image_path
+from auto_label.coco import CocoFormatError, load_coco, resolve_image_path
 from auto_label.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
 from gdino.errors import GDinoError
 from gdino.prompts import sanitize_name, sanitize_names
@@ -62,9 +62,14 @@ def header_size(path: Path) -> tuple[int, int] | None:
 
 
 def find_images(image_dir: Path, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> list[Path]:
-    """All images under `image_dir`, recursively, extensions matched case-insensitively, sorted."""
+    """All images under `image_dir`, recursively, extensions matched case-insensitively, sorted.
+
+    A broken link is kept (it is then skipped and listed as a missing file, not silently dropped).
+    """
     wanted = {e.lower() for e in extensions}
-    return sorted(p for p in image_dir.rglob("*") if p.is_file() and p.suffix.lower() in wanted)
+    return sorted(
+        p for p in image_dir.rglob("*") if (p.is_file() or p.is_symlink()) and p.suffix.lower() in wanted
+    )
 
 
 def closed_vocabulary(class_names: Sequence[str]) -> Vocabulary:
@@ -149,7 +154,14 @@ def _jsonl_records(path: Path) -> Iterator[tuple[str, dict]]:
         raise GDinoError(f"data.noun_chunk_path: cannot read {path}: {e}") from None
 
 
-def noun_chunk_items(path: Path, image_dir: Path) -> tuple[list[Item], Vocabulary]:
+def _checked_path(image_dir: Path, file_name: str, where: str, allow_outside: bool) -> Path:
+    try:
+        return resolve_image_path(image_dir, file_name, allow_outside)
+    except CocoFormatError as e:
+        raise GDinoError(f"{where}: field 'file_name': {e}") from None
+
+
+def noun_chunk_items(path: Path, image_dir: Path, allow_outside: bool = False) -> tuple[list[Item], Vocabulary]:
     """TAO grounding input: one JSON line per image with `file_name` and `noun_chunks` (and `caption`)."""
     prompt_index: dict[str, int] = {}
     items = []
@@ -161,7 +173,7 @@ def noun_chunk_items(path: Path, image_dir: Path) -> tuple[list[Item], Vocabular
             raise GDinoError(f"{where}: field 'noun_chunks' must be a non-empty list, got {chunks!r}")
         phrases = dict.fromkeys(sanitize_names(chunks, f"{where}: noun_chunks"))
         ids = tuple(prompt_index.setdefault(phrase, len(prompt_index)) for phrase in phrases)
-        image_path = resolve_image_path(image_dir, name)
+        image_path = _checked_path(image_dir, name, where, allow_outside)
         items.append(
             Item(
                 len(items),
@@ -254,6 +266,10 @@ class GroundingDinoDataModule(L.LightningDataModule):
         batch_size: images per batch (batches only hold images of one size).
         num_workers: DataLoader worker processes decoding images.
         max_pixels: refuse to decode images larger than this (decompression bombs).
+        allow_outside_image_dir: accept file names (and links in image_dir) that lead outside the image
+            folder; refused by default (`--allow-outside-image-dir`).
+        strict: stop at the first image that cannot be read instead of skipping it and listing it in the
+            errors file (`--strict`).
     """
 
     def __init__(
@@ -266,11 +282,16 @@ class GroundingDinoDataModule(L.LightningDataModule):
         batch_size: int = 1,
         num_workers: int = 0,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        allow_outside_image_dir: bool = False,
+        strict: bool = False,
     ):
         super().__init__()
         if batch_size < 1:
             raise GDinoError(f"data.batch_size: must be >= 1, got {batch_size}")
+        if class_names is not None and not class_names:
+            raise GDinoError("data.class_names: the list is empty; name at least one class")
         self.batch_size, self.num_workers, self.max_pixels = batch_size, num_workers, max_pixels
+        self.strict = strict
         self.predict_skip: set[int] = set()  # item indices already labelled (set by a resuming writer)
         self.allow_zero_length_dataloader_with_multiple_devices = True  # a rank may have no image left
         if class_names is not None and ontology is not None:
@@ -286,13 +307,21 @@ class GroundingDinoDataModule(L.LightningDataModule):
             )
         root = Path(image_dir) if image_dir else None
         if noun_chunk_path:
-            self.items, self.vocabulary = noun_chunk_items(Path(noun_chunk_path), self._dir(root))
+            self.items, self.vocabulary = noun_chunk_items(
+                Path(noun_chunk_path), self._dir(root), allow_outside_image_dir
+            )
             return
         vocab = closed_vocabulary(class_names) if class_names else None
         if ontology:
             vocab = ontology_vocabulary(Path(ontology))
         if ann_path:
-            coco = load_coco(ann_path, image_dir, check_image_files=False, require_annotations=False)
+            coco = load_coco(
+                ann_path,
+                image_dir,
+                check_image_files=False,  # a missing image is skipped and listed like an undecodable one
+                require_annotations=False,
+                allow_outside_image_dir=allow_outside_image_dir,
+            )
             self.vocabulary = match_categories(vocab, coco.categories, Path(ann_path))
             self.items = [
                 Item(i, im["id"], im["file_name"], coco.image_path(im), (im["height"], im["width"]))
@@ -304,9 +333,10 @@ class GroundingDinoDataModule(L.LightningDataModule):
             paths = find_images(root)
             if not paths:
                 raise GDinoError(f"data.image_dir: no images ({', '.join(IMAGE_EXTENSIONS)}) under {root}")
-            self.items = [
-                Item(i, i + 1, p.relative_to(root).as_posix(), p, header_size(p)) for i, p in enumerate(paths)
-            ]
+            names = [p.relative_to(root).as_posix() for p in paths]
+            for name in names:  # a link to a file outside the folder is refused like a `../` file name
+                _checked_path(root, name, f"data.image_dir: {root}", allow_outside_image_dir)
+            self.items = [Item(i, i + 1, name, p, header_size(p)) for i, (name, p) in enumerate(zip(names, paths))]
 
     @staticmethod
     def _dir(root: Path | None) -> Path:

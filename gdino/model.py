@@ -8,6 +8,7 @@ directory. A checkpoint that does not fit the architecture is an error listing t
 from __future__ import annotations
 
 import json
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,10 +80,11 @@ def _load_hf_dir(path: Path):
     if not (path / "config.json").is_file():
         raise GDinoError(f"model.path: {path} has no config.json (expected a Hugging Face model directory)")
     try:
+        # weights_only: a pytorch_model.bin is a pickle; never run its code (model.safetensors is read first)
         model, info = AutoModelForZeroShotObjectDetection.from_pretrained(
-            path, local_files_only=True, output_loading_info=True
+            path, local_files_only=True, output_loading_info=True, weights_only=True
         )
-    except (OSError, ValueError, RuntimeError) as e:
+    except (OSError, ValueError, RuntimeError, pickle.UnpicklingError) as e:
         raise GDinoError(f"model.path: cannot load {path}: {e}") from None
     _check_keys(path, info["missing_keys"], info["unexpected_keys"], info.get("mismatched_keys", ()))
     return model
@@ -93,8 +95,8 @@ def _load_idea(path: Path, architecture: str | None):
         raise GDinoError(
             "model.architecture: required for an original .pth checkpoint (tiny, base or config.json)"
         )
+    state = load_idea_checkpoint(path)  # read (and refuse an unsafe file) before building the model
     model = GroundingDinoForObjectDetection(idea_config(architecture))
-    state = load_idea_checkpoint(path)
     expected = model.state_dict()
     mismatched = [
         f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(expected[k].shape)}"

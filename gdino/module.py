@@ -15,7 +15,9 @@ import lightning as L
 import torch
 from torchvision.ops import batched_nms, box_convert
 
+from auto_label.oom import map_chunks
 from gdino.aggregate import METHODS, aggregate
+from gdino.cache import FeatureCache
 from gdino.errors import GDinoError
 from gdino.model import load_detector
 from gdino.prompts import PromptTokenizer, sanitize_name
@@ -37,6 +39,12 @@ class GroundingDinoLabeler(L.LightningModule):
         aggregation_iou: IoU at which boxes count as the same object for the aggregation.
         max_dets_per_image: keep at most this many boxes per image (best scores first).
         image_size: resize override {shortest_edge, longest_edge}; default: the model's processor.
+        annealing: how later passes are made. requery (TAO's semantics): each later pass prompts only the
+            classes still missing, with new captions (one forward per caption chunk and pass). threshold:
+            one forward per chunk over the whole vocabulary; later passes lower the threshold on those same
+            scores for the classes still missing (no further forward).
+        reuse_features: run the image backbone once per batch and reuse its features in every pass and
+            caption chunk; encode each caption once (not once per image and pass). Same boxes, less work.
     """
 
     def __init__(
@@ -52,8 +60,12 @@ class GroundingDinoLabeler(L.LightningModule):
         aggregation_iou: float = 0.5,
         max_dets_per_image: int | None = 100,
         image_size: dict[str, int] | None = None,
+        annealing: Literal["requery", "threshold"] = "requery",
+        reuse_features: bool = True,
     ):
         super().__init__()
+        if annealing not in ("requery", "threshold"):
+            raise GDinoError(f"model.annealing: must be requery or threshold; got {annealing!r}")
         if aggregation not in METHODS:
             raise GDinoError(f"model.aggregation: must be one of {', '.join(METHODS)}; got {aggregation!r}")
         if max_dets_per_image is not None and max_dets_per_image < 1:
@@ -72,6 +84,8 @@ class GroundingDinoLabeler(L.LightningModule):
         self.tokenizer, self.image_processor = detector.tokenizer, detector.image_processor
         self.input_dtype = detector.dtype
         self.vocabulary = None
+        self.annealing = annealing
+        self.feature_cache = FeatureCache(self.model) if reuse_features else None
 
     def set_vocabulary(self, vocabulary) -> None:
         """Tokenise the prompts once and resolve per-class thresholds against the class names."""
@@ -94,9 +108,10 @@ class GroundingDinoLabeler(L.LightningModule):
         by_size: dict = {}
         for r in good:  # the sampler groups by header size; decoding is the final word
             by_size.setdefault(r["image"].shape[:2], []).append(r)
-        for group in by_size.values():
-            for record in self.label_images(group):
-                records[record["index"]] = record
+        for group in by_size.values():  # out of memory: the same images again, fewer at a time
+            for part in map_chunks(lambda chunk, group=group: self.label_images(group[chunk]), len(group), len(group)):
+                for record in part:
+                    records[record["index"]] = record
         for r in batch:
             if r["error"] is not None:
                 records[r["item"].index] = {
@@ -107,9 +122,14 @@ class GroundingDinoLabeler(L.LightningModule):
         return [records[r["item"].index] for r in batch]
 
     @torch.no_grad()
-    def _scores(self, pixel_values, pixel_mask, chunk) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per (query, prompt) scores: token probabilities averaged over each prompt's span."""
+    def _scores(self, pixel_values, pixel_mask, chunk, rows=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per (query, prompt) scores: token probabilities averaged over each prompt's span.
+
+        `rows`: the positions of these images in the batch given to the feature cache (reused features).
+        """
         n = pixel_values.shape[0]
+        if self.feature_cache is not None and rows is not None:
+            self.feature_cache.rows(rows)
         input_ids = torch.tensor([chunk.input_ids] * n, device=self.device)
         out = self.model(
             pixel_values=pixel_values,
@@ -121,18 +141,23 @@ class GroundingDinoLabeler(L.LightningModule):
         positive_map = chunk.positive_map(out.logits.shape[-1]).to(self.device)
         return out.logits.float().sigmoid() @ positive_map.T, out.pred_boxes.float()
 
-    def _query(self, pixel_values, pixel_mask, chunk, step, scale) -> list[tuple]:
-        """One caption over same-size images: per image (boxes xyxy px, scores, prompts, thresholds)."""
+    def _query(self, pixel_values, pixel_mask, chunk, step, scale, rows=None, raw=None) -> list[tuple]:
+        """One caption over same-size images: per image (boxes xyxy px, scores, prompts, thresholds).
+
+        `raw`: per image a list that receives (boxes xyxy px, all scores, prompts) for threshold annealing.
+        """
         vocab = self.vocabulary
         chunk_prompts = torch.tensor(chunk.prompts, device=self.device)
         thresholds = torch.tensor(
             [self.threshold_override.get(vocab.prompt_class[p], step.conf_threshold) for p in chunk.prompts],
             device=self.device,
         )
-        scores, boxes = self._scores(pixel_values, pixel_mask, chunk)
+        scores, boxes = self._scores(pixel_values, pixel_mask, chunk, rows)
         xyxy = torch.minimum((box_convert(boxes, "cxcywh", "xyxy") * scale).clamp_min(0), scale)
         hits = []
         for j in range(len(scores)):
+            if raw is not None:
+                raw[j].append((xyxy[j], scores[j], chunk_prompts))
             q, c = select_pairs(scores[j], thresholds)
             hits.append((xyxy[j, q], scores[j, q, c], chunk_prompts[c], thresholds[c]))
         return hits
@@ -143,7 +168,9 @@ class GroundingDinoLabeler(L.LightningModule):
         items = [r["item"] for r in records]
         height, width = records[0]["image"].shape[:2]
         kwargs = {"size": self.image_size} if self.image_size else {}
-        inputs = self.image_processor([r["image"] for r in records], return_tensors="pt", **kwargs)
+        # decoded images are always H x W x 3; say so, or a 1-pixel-wide image reads as channels-first
+        images = [r["image"] for r in records]
+        inputs = self.image_processor(images, return_tensors="pt", input_data_format="channels_last", **kwargs)
         pixel_values = inputs["pixel_values"].to(self.device, self.input_dtype)
         pixel_mask = inputs["pixel_mask"].to(self.device)
         scale = torch.tensor([width, height, width, height], device=self.device, dtype=torch.float32)
@@ -153,6 +180,9 @@ class GroundingDinoLabeler(L.LightningModule):
         remaining = [{vocab.prompt_class[p] for p in prompts} for prompts in image_prompts]
         found: list[list[tuple]] = [[] for _ in items]  # per pass: (boxes, scores, prompts, thresholds, pass)
         trace: list[list[dict]] = [[] for _ in items]
+        first: list[list[tuple]] = [[] for _ in items]  # threshold annealing: pass 0's scores per image
+        if self.feature_cache is not None:
+            self.feature_cache.begin(pixel_values, pixel_mask)
         for k, step in enumerate(self.passes):
             plan = plan_pass(image_prompts, vocab.prompt_class, remaining)
             if not plan:
@@ -162,8 +192,15 @@ class GroundingDinoLabeler(L.LightningModule):
                 queried = sorted({vocab.category_ids[vocab.prompt_class[p]] for p in prompts})
                 for i in members:
                     trace[i].append({"pass": k, "queried": queried})
+                if k > 0 and self.annealing == "threshold":  # no forward: pass 0's scores, this threshold
+                    for i in members:
+                        new[i].extend(self._rethreshold(raw, prompts, step) for raw in first[i])
+                    continue
+                threshold_raw = [first[i] for i in members] if self.annealing == "threshold" else None
                 for chunk in self.prompt_tokens.chunks(prompts):
-                    hits = self._query(pixel_values[members], pixel_mask[members], chunk, step, scale)
+                    hits = self._query(
+                        pixel_values[members], pixel_mask[members], chunk, step, scale, members, threshold_raw
+                    )
                     for i, hit in zip(members, hits):
                         new[i].append(hit)
             for i, parts in enumerate(new):
@@ -182,7 +219,21 @@ class GroundingDinoLabeler(L.LightningModule):
                     )
                 remaining[i] -= set(prompt_class[prompts].tolist())
                 found[i].append((boxes, scores, prompts, thresholds, torch.full_like(prompts, k)))
+        if self.feature_cache is not None:
+            self.feature_cache.end()
         return [self._record(it, height, width, parts, tr) for it, parts, tr in zip(items, found, trace)]
+
+    def _rethreshold(self, raw: tuple, prompts: tuple[int, ...], step) -> tuple:
+        """Threshold annealing: pass 0's scores of one chunk, read again at this pass's thresholds, for `prompts`."""
+        xyxy, scores, chunk_prompts = raw
+        vocab = self.vocabulary
+        thresholds = torch.tensor(
+            [self.threshold_override.get(vocab.prompt_class[p], step.conf_threshold) for p in chunk_prompts.tolist()],
+            device=scores.device,
+        )
+        asked = torch.isin(chunk_prompts, torch.tensor(prompts, device=chunk_prompts.device))
+        q, c = select_pairs(scores, torch.where(asked, thresholds, torch.inf))
+        return xyxy[q], scores[q, c], chunk_prompts[c], thresholds[c]
 
     def _record(self, item, height: int, width: int, parts: list[tuple], trace: list[dict]) -> dict:
         vocab = self.vocabulary

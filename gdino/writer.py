@@ -34,6 +34,7 @@ def run_fingerprint(data, labeler) -> dict:
             "class_thresholds": labeler.class_thresholds,
             "aggregation": [labeler.aggregation, labeler.aggregation_iou, labeler.max_dets],
             "image_size": labeler.image_size,
+            "annealing": getattr(labeler, "annealing", "requery"),
             "dtype": str(labeler.input_dtype),
         },
         "weights": weights_digest(labeler.model),
@@ -77,6 +78,9 @@ class CocoPredictionWriter(ShardedPredictionWriter):
 
     def fingerprint(self, trainer, pl_module) -> dict:
         return run_fingerprint(trainer.datamodule, pl_module)
+
+    def skip_reason(self, record: dict) -> str | None:
+        return f"{record['file_name']}: {record['error']}" if "error" in record else None
 
     def records(self, trainer, prediction, batch) -> list[dict]:
         if self.visualize_dir is not None:

@@ -5,20 +5,59 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
+from pathlib import Path
 
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
-from auto_label.cli import run_guarded
+from auto_label.cli import expand_flags, run_guarded
+from auto_label.weights import load_weights
+from mal.checkpoint import CheckpointError
 from mal.data import COCOBoxDataModule
 from mal.evaluate import evaluate_files, print_table
 from mal.module import MALModule
 from mal.writer import MaskLabelWriter
+
+# ckpt_path values that Lightning resolves itself (fit), not file names
+LIGHTNING_CKPT_NAMES = ("last", "best", "hpc", "registry")
+
+
+def check_ckpt_path(ckpt_path: str) -> None:
+    """Refuse a missing checkpoint, or one whose pickle would run code, before any work starts."""
+    if ckpt_path in LIGHTNING_CKPT_NAMES or ckpt_path.startswith("registry:"):
+        return
+    if not Path(ckpt_path).is_file():
+        raise CheckpointError(f"--ckpt_path: {ckpt_path}: checkpoint file not found")
+    load_weights(ckpt_path, CheckpointError, prefer_safetensors=False)
+
+
+class SaveFitConfig(SaveConfigCallback):
+    """Keep the resolved config beside a fit's logs; other commands may have no log folder but the cwd."""
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if stage == "fit":
+            super().setup(trainer, pl_module, stage)
 
 
 class MALCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("data.crop_size", "model.crop_size")
         parser.add_lightning_class_args(MaskLabelWriter, "writer")
+
+    def parse_arguments(self, parser, args) -> None:
+        """Check --ckpt_path before Lightning reads it (its parse-time read would fail with a traceback)."""
+        super().parse_arguments(parser, args)
+        config = self.config.get(self.config.get("subcommand") or "", {})
+        if config and config.get("ckpt_path"):
+            check_ckpt_path(str(config["ckpt_path"]))
+
+    def before_instantiate_classes(self) -> None:
+        """Lightning's own checkpoint loading is weights-only too: a pickle that would run code is refused."""
+        config = self.config[self.subcommand]
+        if "weights_only" in config:
+            if config["weights_only"] is False:
+                raise CheckpointError("--weights_only false is not supported: checkpoints load weights-only")
+            config["weights_only"] = True
 
 
 def evaluate_main(argv: list[str]) -> None:
@@ -42,13 +81,19 @@ def cli_main(argv: list[str] | None = None) -> MALCLI | None:
     if args and args[0] == "evaluate":
         evaluate_main(args[1:])
         return None
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter")  # argv is sys.argv, expanded
     return MALCLI(
-        MALModule, COCOBoxDataModule, seed_everything_default=1234, args=argv, save_config_kwargs={"overwrite": True}
+        MALModule,
+        COCOBoxDataModule,
+        seed_everything_default=1234,
+        args=expand_flags(args),
+        save_config_callback=SaveFitConfig,
+        save_config_kwargs={"overwrite": True},
     )
 
 
 def main() -> None:
-    run_guarded(lambda argv: cli_main())
+    run_guarded(cli_main)
 
 
 if __name__ == "__main__":

@@ -12,14 +12,14 @@ Every file is read with `weights_only=True` (or as safetensors), so loading neve
 
 from __future__ import annotations
 
-import pickle
 import re
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 from timm.layers import resample_abs_pos_embed
 from torch import nn
+
+from auto_label.weights import load_weights
 
 # Keys of classifier or MAE-decoder heads that a backbone state dict may carry and we do not use.
 IGNORED_BACKBONE_PREFIXES = ("head.", "fc_norm.", "decoder", "mask_token")
@@ -38,22 +38,7 @@ class CheckpointError(ValueError):
 
 def _load_tensors(path: Path):
     """The file's object, tensors and plain containers only; a `.safetensors` twin is preferred."""
-    twin = path.with_suffix(".safetensors")
-    if path.suffix != ".safetensors" and twin.is_file():
-        path = twin
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint file not found")
-    if path.suffix == ".safetensors":
-        return load_file(str(path))
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise CheckpointError(
-            f"{path}: refused to load: the file holds pickled objects other than weights "
-            f"(loading it could run code). Details: {str(e).splitlines()[0]}"
-        ) from None
-    except (RuntimeError, EOFError, OSError) as e:
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint: {e}") from None
+    return load_weights(path, CheckpointError)
 
 
 def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict | None]:

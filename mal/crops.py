@@ -72,14 +72,19 @@ def resize_crops(image: torch.Tensor, crop_boxes: torch.Tensor, size: int) -> to
     """Crop and resize many boxes of one image at once: C x H x W -> N x C x size x size (float).
 
     Pixels outside the image read as zero. Sampling several points per output pixel when shrinking
-    approximates the area average that an antialiased resize gives.
+    approximates the area average that an antialiased resize gives; the number of points is chosen per
+    box (ceil(longest side / size), at most 8), so a box's crop does not depend on the other boxes.
     """
-    boxes = crop_boxes.to(device=image.device, dtype=torch.float32)
-    longest = (boxes[:, 2:] - boxes[:, :2]).max().item() if len(boxes) else size
-    sampling = max(1, min(int(math.ceil(longest / size)), 8))
-    return roi_align(
-        image[None].float(), [boxes], output_size=size, spatial_scale=1.0, sampling_ratio=sampling, aligned=True
-    )
+    boxes = crop_boxes.to(device=image.device, dtype=torch.float32).reshape(-1, 4)
+    source = image[None].float()
+    sampling = ((boxes[:, 2:] - boxes[:, :2]).amax(dim=1) / size).ceil().clamp(1, 8).long()
+    crops = source.new_empty((len(boxes), image.shape[0], size, size))
+    for ratio in sampling.unique().tolist():  # one roi_align per sampling ratio (a few at most)
+        index = (sampling == ratio).nonzero(as_tuple=True)[0]
+        crops[index] = roi_align(
+            source, [boxes[index]], output_size=size, spatial_scale=1.0, sampling_ratio=ratio, aligned=True
+        )
+    return crops
 
 
 def paste_region(logits: torch.Tensor, crop_box, box_xyxy, image_size: tuple[int, int]):

@@ -9,6 +9,7 @@ fixed 1.3x crop boxes; the model crops them on the device in one batched op.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import lightning as L
 import numpy as np
@@ -21,6 +22,8 @@ from auto_label.coco import CocoFile, load_coco
 from auto_label.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
 from auto_label.masks import segmentation_to_mask
 from auto_label.sharding import ExactShardSampler
+from auto_label.shards import StrictSkipError
+from auto_label.writers import write_jsonl
 from mal.crops import box_mask_in_crop, crop_wrapped, expand_box, fixed_margins, random_margins, xywh_to_xyxy
 
 log = logging.getLogger(__name__)
@@ -38,11 +41,13 @@ def student_augmentation() -> v2.Transform:
 
 
 def trainable_annotations(coco: CocoFile, min_obj_size: float, max_obj_size: float) -> list[int]:
-    """Indices of non-crowd annotations whose box area is within [min_obj_size, max_obj_size]."""
+    """Indices of non-crowd annotations inside their image whose box area is within [min_obj_size, max_obj_size]."""
     keep = []
     for index, ann in enumerate(coco.annotations):
         area = ann["bbox"][2] * ann["bbox"][3]
-        if not ann.get("iscrowd", 0) and min_obj_size <= area <= max_obj_size:
+        image = coco.images_by_id[ann["image_id"]]
+        inside = reaches_into_image(ann["bbox"], image["width"], image["height"])
+        if not ann.get("iscrowd", 0) and inside and min_obj_size <= area <= max_obj_size:
             keep.append(index)
     return keep
 
@@ -70,11 +75,10 @@ class BoxCropDataset(Dataset):
         image_info = self.coco.images_by_id[ann["image_id"]]
         try:
             image = decode_image(self.coco.image_path(image_info), self.max_pixels)
-        except ImageDecodeError as e:
-            log.warning("skipping a training box: %s", e)
-            return None
+        except ImageDecodeError as e:  # counted and reported by the DataModule (this may run in a worker)
+            return {"skipped": {"image_id": image_info["id"], "file_name": image_info["file_name"], "reason": str(e)}}
         rng = np.random.default_rng([torch.initial_seed() % 2**32, i])
-        box = xywh_to_xyxy(ann["bbox"])
+        box = clip_box(xywh_to_xyxy(ann["bbox"]), image.shape[1], image.shape[0])
         crop_box = expand_box(box, random_margins(rng, self.margin_rate))
         crop = torch.from_numpy(np.ascontiguousarray(crop_wrapped(image, crop_box))).permute(2, 0, 1)
         crop = (
@@ -100,11 +104,30 @@ class BoxCropDataset(Dataset):
         }
 
 
-def collate_boxes(samples: list[dict | None]) -> dict | None:
-    samples = [s for s in samples if s is not None]
-    if not samples:
-        return None
-    return {key: torch.stack([s[key] for s in samples]) for key in samples[0]}
+def collate_boxes(samples: list[dict]) -> dict:
+    """Stack the crops; boxes whose image could not be decoded travel along under `skipped`."""
+    skipped = [s["skipped"] for s in samples if "skipped" in s]
+    samples = [s for s in samples if "skipped" not in s]
+    batch = {key: torch.stack([s[key] for s in samples]) for key in samples[0]} if samples else {}
+    return {**batch, "skipped": skipped} if skipped else batch
+
+
+def clip_box(box_xyxy, width: int, height: int) -> list[float]:
+    """The part of a box inside the image (a box outside it becomes a zero-size box on its border).
+
+    Boxes reaching far outside the image would otherwise make huge crops (and enormous coordinates
+    overflow integer crop boxes); the part outside holds no pixels to learn or predict from anyway.
+    """
+    x0, y0, x1, y1 = box_xyxy
+    x0, x1 = (min(max(v, 0.0), float(width)) for v in (x0, x1))
+    y0, y1 = (min(max(v, 0.0), float(height)) for v in (y0, y1))
+    return [x0, y0, x1, y1]
+
+
+def reaches_into_image(bbox_xywh, width: float, height: float) -> bool:
+    """Whether any part of the box lies inside the image."""
+    x, y, w, h = bbox_xywh
+    return x < width and y < height and x + w > 0 and y + h > 0
 
 
 class ImageBoxesDataset(Dataset):
@@ -154,7 +177,7 @@ class ImageBoxesDataset(Dataset):
                 "error": f"decoded image is {width}x{height} but the annotation file says "
                 f"{image_info['width']}x{image_info['height']}",
             }
-        boxes = [xywh_to_xyxy(a["bbox"]) for a in anns]
+        boxes = [clip_box(xywh_to_xyxy(a["bbox"]), width, height) for a in anns]  # the writer flags clipped ones
         sample.update(
             {
                 "image": torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1),
@@ -173,6 +196,10 @@ class ImageBoxesDataset(Dataset):
             )
             sample["gt_areas"] = torch.tensor([float(a.get("area", a["bbox"][2] * a["bbox"][3])) for a in anns])
         return sample
+
+
+def _skip_record(sample: dict) -> dict:
+    return {"image_id": sample["image_id"], "file_name": sample["file_name"], "reason": sample["error"]}
 
 
 def collate_images(samples: list[dict]) -> list[dict]:
@@ -194,6 +221,11 @@ class COCOBoxDataModule(L.LightningDataModule):
         margin_rate: training expansion range per side.
         test_margin_rate: fixed expansion at test time (0.6 -> a crop 1.3x the box).
         max_pixels: images larger than this are refused (decompression-bomb guard).
+        allow_outside_image_dir: accept file names that lead outside the image folder (`../`, absolute
+            paths, links to elsewhere); refused by default (`--allow-outside-image-dir`).
+        strict: stop at the first image that cannot be read instead of skipping and listing it
+            (`--strict`). Without it, prediction lists skipped images in errors.jsonl, and fit and
+            validation count them and list them in errors.jsonl in the log folder.
     """
 
     def __init__(
@@ -213,10 +245,13 @@ class COCOBoxDataModule(L.LightningDataModule):
         margin_rate: tuple[float, float] = (0.0, 1.2),
         test_margin_rate: tuple[float, float] = (0.6, 0.6),
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        allow_outside_image_dir: bool = False,
+        strict: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters()
-        self.batch_size = batch_size
+        self.batch_size, self.strict = batch_size, strict
+        self.skipped: dict[int, dict] = {}  # image id -> what fit/validation could not read, and why
         self.train_coco = self.val_coco = self.predict_coco = None
 
     def setup(self, stage: str) -> None:
@@ -224,18 +259,58 @@ class COCOBoxDataModule(L.LightningDataModule):
         if stage == "fit":
             if not hp.train_ann_path:
                 raise ValueError("data.train_ann_path is required for fit")
-            self.train_coco = load_coco(hp.train_ann_path, hp.train_img_dir)
+            self.train_coco = load_coco(hp.train_ann_path, hp.train_img_dir, **self._path_rules)
         if stage in ("fit", "validate", "test") and hp.val_ann_path:
-            self.val_coco = load_coco(hp.val_ann_path, hp.val_img_dir)
+            self.val_coco = load_coco(hp.val_ann_path, hp.val_img_dir, **self._path_rules)
         if stage in ("validate", "test") and self.val_coco is None:
             raise ValueError(f"data.val_ann_path is required for {stage}")
         if stage == "predict":
-            path = hp.predict_ann_path or hp.val_ann_path
-            if not path:
-                raise ValueError("data.predict_ann_path is required for predict")
-            self.predict_coco = load_coco(path, hp.predict_img_dir if hp.predict_ann_path else hp.val_img_dir)
+            if self.predict_coco is None:  # `auto_label generate` loads it first, to check it before the weights
+                self.predict_coco = self.load_predict_coco()
             self.predict_skip: set[int] = set()  # image positions already labelled (set by a resuming writer)
             self.allow_zero_length_dataloader_with_multiple_devices = True  # a rank may have no image left
+
+    def load_predict_coco(self) -> CocoFile:
+        """The boxes to label, validated; a missing image file is skipped and listed later, not an error."""
+        hp = self.hparams
+        path = hp.predict_ann_path or hp.val_ann_path
+        if not path:
+            raise ValueError("data.predict_ann_path is required for predict")
+        image_dir = hp.predict_img_dir if hp.predict_ann_path else hp.val_img_dir
+        return load_coco(path, image_dir, allow_missing_images=True, **self._path_rules)
+
+    @property
+    def _path_rules(self) -> dict:
+        return {"allow_outside_image_dir": self.hparams.allow_outside_image_dir}
+
+    def on_before_batch_transfer(self, batch, dataloader_idx: int):
+        """Fit / validation: count the images that could not be read (once each); strict: stop."""
+        if isinstance(batch, dict):  # training: crops, plus one entry per box whose image was skipped
+            items = [(item, 1) for item in batch.pop("skipped", [])]
+            result = batch or None  # every box of the batch skipped: training_step skips the step
+        else:  # validation / test / predict: one sample per image (predict's errors go to errors.jsonl)
+            predicting = self.trainer is not None and self.trainer.predicting
+            errors = [] if predicting else [s for s in batch if "error" in s]
+            items = [(_skip_record(s), len(s["ann_indices"])) for s in errors]
+            result = batch
+        for item, boxes in items:
+            if self.strict:
+                raise StrictSkipError(f"--strict: {item['file_name']}: {item['reason']}")
+            if item["image_id"] not in self.skipped:
+                log.warning("skipping %s: %s", item["file_name"], item["reason"])
+                self.skipped[item["image_id"]] = {**item, "boxes_skipped": 0}
+            self.skipped[item["image_id"]]["boxes_skipped"] += boxes
+        return result
+
+    def teardown(self, stage: str) -> None:
+        """After fit / validation: say how many images were skipped and list them in errors.jsonl."""
+        if stage == "predict" or not self.skipped or self.trainer is None or not self.trainer.is_global_zero:
+            return
+        path = Path(self.trainer.log_dir or self.trainer.default_root_dir) / "errors.jsonl"
+        write_jsonl(path, self.skipped.values())
+        boxes = sum(s["boxes_skipped"] for s in self.skipped.values())
+        stage = getattr(stage, "value", stage)
+        print(f"{stage}: {len(self.skipped)} images could not be read ({boxes} box samples skipped); listed in {path}")
 
     def _loader(self, dataset, batch_size, collate_fn, shuffle=False) -> DataLoader:
         workers = self.hparams.num_workers
@@ -254,7 +329,7 @@ class COCOBoxDataModule(L.LightningDataModule):
         indices = trainable_annotations(self.train_coco, hp.min_obj_size, hp.max_obj_size)
         dropped = sum(not a.get("iscrowd", 0) for a in self.train_coco.annotations) - len(indices)
         log.info(
-            "training on %d boxes (%d outside the size range [%g, %g] not used for training)",
+            "training on %d boxes (%d outside the size range [%g, %g] or outside their image not used for training)",
             len(indices),
             dropped,
             hp.min_obj_size,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
 import math
 
@@ -13,6 +14,7 @@ import torch.nn.functional as F
 from torchmetrics.detection import MeanAveragePrecision
 
 from auto_label.masks import box_mask
+from auto_label.oom import map_chunks
 from auto_label.tracking import log_image
 from auto_label.visualize import draw_overlay, image_grid
 from mal.checkpoint import load_pretrained
@@ -238,23 +240,53 @@ class MALModule(L.LightningModule):
     @torch.no_grad()
     def predict_image(self, sample: dict) -> list[dict]:
         """Masks for every box of one decoded image: [{x0, y0, mask (bool region), score, degenerate}]."""
-        hp = self.hparams
-        net = self.teacher if hp.use_teacher_test else self.student
+        return self.predict_images([sample])[0]
+
+    def _crop_source(self, sample: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One image on the device wrapped around its borders, its crop boxes in that frame, its box areas."""
         image = sample["image"].to(self.device)
         height, width = image.shape[1:]
         boxes, crop_boxes = sample["boxes"], sample["crop_boxes"]
+        if len(boxes) == 0:
+            return image.float(), crop_boxes, torch.zeros(0, device=self.device)
         # Wrap the image around its borders, as training crops do, so crop pixels outside it are not black.
         pad_x = int(min(width, max(0, -crop_boxes[:, 0].min(), crop_boxes[:, 2].max() - width)))
         pad_y = int(min(height, max(0, -crop_boxes[:, 1].min(), crop_boxes[:, 3].max() - height)))
         padded = F.pad(image[None].float(), (pad_x, pad_x, pad_y, pad_y), mode="circular")[0]
         shift = torch.tensor([pad_x, pad_y, pad_x, pad_y])
         areas = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).float().to(self.device)
-        logits = []
-        for start in range(0, len(boxes), hp.max_boxes_per_forward):
-            chunk = slice(start, start + hp.max_boxes_per_forward)
-            crops = resize_crops(padded, crop_boxes[chunk] + shift, hp.crop_size)
-            logits.append(net(self.normalise(crops), areas[chunk], hp.loss_size)[:, 0].float())
-        logits = torch.cat(logits) if logits else torch.empty(0)
+        return padded, crop_boxes + shift, areas
+
+    @torch.no_grad()
+    def predict_images(self, samples: list[dict]) -> list[list[dict]]:
+        """`predict_image` for several decoded images: the boxes of all of them are packed into forward passes
+        of up to `max_boxes_per_forward` crops, so that images with few boxes still fill a batch. A box's crop
+        does not depend on which boxes share its batch."""
+        hp = self.hparams
+        net = self.teacher if hp.use_teacher_test else self.student
+        sources = [self._crop_source(sample) for sample in samples]
+        counts = [len(sample["boxes"]) for sample in samples]
+        owners = [(i, j) for i, count in enumerate(counts) for j in range(count)]  # (image, box), packing order
+        areas = torch.cat([source[2] for source in sources]) if sources else torch.zeros(0, device=self.device)
+
+        def forward(chunk: slice) -> torch.Tensor:
+            crops = []
+            for i, group in itertools.groupby(owners[chunk], key=lambda owner: owner[0]):
+                padded, crop_boxes, _ = sources[i]
+                crops.append(resize_crops(padded, crop_boxes[[j for _, j in group]], hp.crop_size))
+            return net(self.normalise(torch.cat(crops)), areas[chunk], hp.loss_size)[:, 0].float()
+
+        logits = map_chunks(forward, len(owners), hp.max_boxes_per_forward)  # fewer boxes at once on OOM
+        logits = torch.cat(logits) if logits else torch.empty(0, hp.loss_size, hp.loss_size)
+        return [
+            self._paste_results(sample, image_logits, source[2])
+            for sample, image_logits, source in zip(samples, logits.split(counts), sources)
+        ]
+
+    def _paste_results(self, sample: dict, logits: torch.Tensor, areas: torch.Tensor) -> list[dict]:
+        """One image's crop logits pasted back into its boxes and thresholded (see `predict_image`)."""
+        height, width = sample["image"].shape[1:]
+        boxes, crop_boxes = sample["boxes"], sample["crop_boxes"]
         thresholds = torch.tensor(self.mask_thresholds)[size_bucket(areas.cpu())]
         results = []
         for i, box in enumerate(boxes.tolist()):
@@ -274,6 +306,7 @@ class MALModule(L.LightningModule):
 
     def predict_step(self, batch: list[dict], batch_idx: int) -> list[dict]:
         """Per image: its sample's ids plus either `results` (one per box, in order) or `error`."""
+        results = iter(self.predict_images([sample for sample in batch if "error" not in sample]))
         outputs = []
         for sample in batch:
             info = {k: sample[k] for k in ("image_pos", "image_id", "file_name", "ann_indices")}
@@ -281,7 +314,7 @@ class MALModule(L.LightningModule):
                 outputs.append({**info, "error": sample["error"]})
             else:
                 info["size"] = tuple(sample["image"].shape[1:])
-                outputs.append({**info, "results": self.predict_image(sample)})
+                outputs.append({**info, "results": next(results)})
         return outputs
 
     # --------------------------------------------------------------- evaluation
@@ -289,11 +322,9 @@ class MALModule(L.LightningModule):
         for sample in batch:
             if "error" in sample:
                 log.warning("skipping validation image %s: %s", sample["file_name"], sample["error"])
-                continue
-            if sample.get("gt_masks") is None:
-                continue
+        scored = [sample for sample in batch if "error" not in sample and sample.get("gt_masks") is not None]
+        for sample, results in zip(scored, self.predict_images(scored)):  # packed as in predict_step
             height, width = sample["image"].shape[1:]
-            results = self.predict_image(sample)
             masks = full_masks([(r["x0"], r["y0"], r["mask"]) for r in results], height, width)
             pred = torch.from_numpy(masks).bool()
             gt = sample["gt_masks"].bool()

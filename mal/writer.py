@@ -13,25 +13,53 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
+
 from auto_label.coco import CocoFile
 from auto_label.masks import masks_to_rles
 from auto_label.shards import ShardedPredictionWriter, ShardError, file_digest, weights_digest
 from auto_label.writers import check_writable, write_coco, write_jsonl
+from mal.data import reaches_into_image
 from mal.module import full_masks
+
+# A box may stick out of its image by this much (rounded coordinates) without being called clipped.
+CLIP_TOLERANCE = 0.05
+
+
+def box_flag(bbox_xywh, height: int, width: int, degenerate: bool) -> str | None:
+    """`mal_flag` of a box: outside_image (no mask: the box holds no pixel of the image), degenerate_box
+    (less than a pixel inside: its box mask), clipped_box (predicted from its part inside the image)."""
+    if not reaches_into_image(bbox_xywh, width, height):
+        return "outside_image"
+    x, y, w, h = bbox_xywh
+    if degenerate:
+        return "degenerate_box"
+    t = CLIP_TOLERANCE
+    if x < -t or y < -t or x + w > width + t or y + h > height + t:
+        return "clipped_box"
+    return None
 
 
 def labelled_annotations(coco: CocoFile, ann_indices: list[int], size, results) -> list[dict]:
-    """One image's labels: the input annotations with predicted RLE, mask area and mal_score."""
+    """One image's labels: the input annotations with predicted RLE, mask area, mal_score and any mal_flag."""
     height, width = size
-    masks = full_masks([(r["x0"], r["y0"], r["mask"]) for r in results], height, width)
+    anns = [coco.annotations[index] for index in ann_indices]
+    flags = [box_flag(a["bbox"], height, width, r["degenerate"]) for a, r in zip(anns, results)]
+    empty_outside = [np.zeros_like(r["mask"]) if f == "outside_image" else r["mask"] for r, f in zip(results, flags)]
+    masks = full_masks([(r["x0"], r["y0"], m) for r, m in zip(results, empty_outside)], height, width)
     records = []
-    for index, result, rle, area in zip(ann_indices, results, masks_to_rles(masks), masks.sum(axis=(1, 2))):
-        ann = dict(coco.annotations[index])
-        ann.update(segmentation=rle, area=int(area), mal_score=round(result["score"], 5))
-        if result["degenerate"]:
-            ann["mal_flag"] = "degenerate_box"
+    for index, ann, flag, result, rle, area in zip(
+        ann_indices, anns, flags, results, masks_to_rles(masks), masks.sum(axis=(1, 2))
+    ):
+        score = 0.0 if flag == "outside_image" else round(result["score"], 5)
+        ann = {**ann, "segmentation": rle, "area": int(area), "mal_score": score}
+        if flag:
+            ann["mal_flag"] = flag
         records.append({"index": index, "annotation": ann})
     return records
+
+
+FLAG_COUNTS = {"degenerate_box": "degenerate_boxes", "clipped_box": "clipped_boxes", "outside_image": "outside_boxes"}
 
 
 class MaskLabelWriter(ShardedPredictionWriter):
@@ -69,6 +97,10 @@ class MaskLabelWriter(ShardedPredictionWriter):
             "weights": weights_digest(pl_module),
         }
 
+    def skip_reason(self, record: dict) -> str | None:
+        error = record.get("error")
+        return f"{error['file_name']}: {error['reason']}" if error else None
+
     def records(self, trainer, prediction, batch) -> list[dict]:
         coco = trainer.datamodule.predict_coco
         records = []
@@ -89,7 +121,8 @@ class MaskLabelWriter(ShardedPredictionWriter):
     def merge(self, trainer) -> dict:
         """Stream the final COCO file and the error list from the shards; return the counts."""
         coco = trainer.datamodule.predict_coco
-        stats = dict.fromkeys(("images", "boxes", "masks", "degenerate_boxes", "images_this_run", "boxes_this_run"), 0)
+        counted = ("images", "boxes", "masks", "images_this_run", "boxes_this_run", *FLAG_COUNTS.values())
+        stats = dict.fromkeys(counted, 0)
         errors: list[dict] = []
 
         def annotations() -> Iterator[dict]:
@@ -113,7 +146,8 @@ class MaskLabelWriter(ShardedPredictionWriter):
                         label = predicted[index]
                         stats["boxes"] += 1
                         stats["masks"] += label["area"] > 0
-                        stats["degenerate_boxes"] += "mal_flag" in label
+                        if "mal_flag" in label:
+                            stats[FLAG_COUNTS[label["mal_flag"]]] += 1
                         yield label
                     elif ann.get("iscrowd", 0):
                         yield ann
@@ -129,8 +163,10 @@ class MaskLabelWriter(ShardedPredictionWriter):
         else:
             self.errors_path.unlink(missing_ok=True)  # a stale list from an earlier run
         message = (
-            f"MAL labelled {stats['boxes']} boxes with masks ({stats['degenerate_boxes']} degenerate boxes got "
-            f"their box mask) on {stats['images']} images; wrote {count} annotations to {self.label_dump_path}"
+            f"MAL labelled {stats['boxes']} boxes on {stats['images']} images ({stats['degenerate_boxes']} degenerate "
+            f"boxes got their box mask, {stats['clipped_boxes']} boxes were clipped to their image, "
+            f"{stats['outside_boxes']} boxes outside their image got no mask); "
+            f"wrote {count} annotations to {self.label_dump_path}"
         )
         print(message + (f"; {len(errors)} images skipped, listed in {self.errors_path}" if errors else ""))
         return {**stats, "annotations_written": count, "skipped": errors, "output": str(self.label_dump_path)}

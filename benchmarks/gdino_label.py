@@ -1,0 +1,327 @@
+"""Grounding DINO labeling throughput: images/s at the tiny test size and at the real 800x1333 input with the
+real Grounding DINO tiny architecture (Swin-T + BERT-base, random weights: speed does not depend on them),
+a 1,000-class vocabulary against 80 classes, the cost of a 3-pass schedule against one pass (re-query with
+and without reused backbone/text features, and threshold-only annealing), and where the time goes.
+
+    python benchmarks/gdino_label.py [--real-images 2] [--tiny-images 24] [--precision bf16] [--out results/bench/gdino]
+
+The 3-pass schedule is [0.99, 0.98, 0.97]: with random weights no score reaches it, so every pass re-queries
+every class of every image: the worst case, which TAO pays on every run (3 full forwards). The labeling path is
+`GroundingDinoLabeler.predict_step` over `GroundingDinoDataModule`'s loader (what `gdino label` runs, minus
+Lightning's loop); I/O = image decoding in the loader (no workers, so it is counted) + writing JSON lines.
+Prints Markdown tables for BENCHMARKS.md and writes results.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from transformers import (
+    BertConfig,
+    BertTokenizerFast,
+    GroundingDinoConfig,
+    GroundingDinoForObjectDetection,
+    GroundingDinoImageProcessor,
+    GroundingDinoProcessor,
+    SwinConfig,
+)
+
+from auto_label.synthetic import make_synthetic_coco
+from gdino.data import GroundingDinoDataModule
+from gdino.model import idea_config
+from gdino.module import GroundingDinoLabeler
+
+REPO = Path(__file__).resolve().parents[1]
+VOCAB_DIR = REPO.parent / "shared" / "models" / "bert-base-uncased"
+COCO128 = REPO.parent / "shared" / "data" / "coco128" / "annotations" / "instances.json"
+COCO80 = (
+    "person bicycle car motorcycle airplane bus train truck boat traffic_light fire_hydrant stop_sign parking_meter "
+    "bench bird cat dog horse sheep cow elephant bear zebra giraffe backpack umbrella handbag tie suitcase frisbee "
+    "skis snowboard sports_ball kite baseball_bat baseball_glove skateboard surfboard tennis_racket bottle "
+    "wine_glass cup fork knife spoon bowl banana apple sandwich orange broccoli carrot hot_dog pizza donut cake "
+    "chair couch potted_plant bed dining_table toilet tv laptop mouse remote keyboard cell_phone microwave oven "
+    "toaster sink refrigerator book clock vase scissors teddy_bear hair_drier toothbrush"
+).replace("_", "~")
+COCO80 = [name.replace("~", " ") for name in COCO80.split()]
+ONE_PASS = [{"conf_threshold": 0.99}]
+THREE_PASSES = [{"conf_threshold": 0.99}, {"conf_threshold": 0.98}, {"conf_threshold": 0.97}]
+PARTS = ("backbone", "text encoder", "fusion encoder", "decoder", "rest of model", "pre/post-processing", "I/O")
+
+
+def class_names(count: int) -> list[str]:
+    """The 80 COCO classes, then whole lower-case words of the BERT vocabulary (deterministic)."""
+    names = list(COCO80)
+    if count <= len(names):
+        return names[:count]
+    words = [w.strip() for w in (VOCAB_DIR / "vocab.txt").read_text().splitlines()]
+    seen = set(names)
+    for word in words[2000:]:
+        if len(names) == count:
+            break
+        if word.isalpha() and word.islower() and len(word) >= 4 and word not in seen:
+            names.append(word)
+            seen.add(word)
+    return names
+
+
+def save_model(path: Path, config: GroundingDinoConfig) -> Path:
+    if (path / "config.json").is_file():
+        return path
+    torch.manual_seed(0)
+    GroundingDinoForObjectDetection(config).save_pretrained(path)
+    GroundingDinoProcessor(GroundingDinoImageProcessor(), BertTokenizerFast.from_pretrained(VOCAB_DIR)).save_pretrained(
+        path
+    )
+    return path
+
+
+def tiny_test_config() -> GroundingDinoConfig:
+    """The tests' tiny model (tests/gdino_helpers.py), with the real max_text_len of 256."""
+    return GroundingDinoConfig(
+        backbone_config=SwinConfig(
+            embed_dim=16,
+            depths=[1, 1, 1, 1],
+            num_heads=[1, 1, 1, 1],
+            window_size=4,
+            out_features=["stage2", "stage3", "stage4"],
+        ),
+        text_config=BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37),
+        d_model=32,
+        encoder_layers=1,
+        decoder_layers=2,
+        num_queries=10,
+        max_text_len=256,
+        encoder_ffn_dim=32,
+        decoder_ffn_dim=32,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+    )
+
+
+class Timers:
+    """Wall time per named module (forward hooks) and per wrapped function."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = defaultdict(float)
+        self._start: dict[int, float] = {}
+
+    def module(self, name: str, module: torch.nn.Module) -> None:
+        def before(mod, args, kwargs=None):
+            self._start[id(mod)] = time.perf_counter()
+
+        def after(mod, args, output):
+            self.seconds[name] += time.perf_counter() - self._start.pop(id(mod))
+
+        module.register_forward_pre_hook(before)
+        module.register_forward_hook(after)
+
+
+def run(labeler, image_dir: Path, names: list[str], passes, annealing: str, out: Path, limit: int) -> dict:
+    """Label the first `limit` images; return images/s and the time per part."""
+    labeler.passes = [type(labeler.passes[0])(p["conf_threshold"], 0.0) for p in passes]
+    labeler.annealing = annealing
+    data = GroundingDinoDataModule(image_dir=str(image_dir), class_names=names, batch_size=1, num_workers=0)
+    labeler.set_vocabulary(data.vocabulary)
+    timers = labeler._bench_timers
+    timers.seconds.clear()
+    forwards = [0]
+    scores = labeler._scores
+
+    def counted(*args):
+        forwards[0] += 1
+        return scores(*args)
+
+    labeler._scores = counted
+    step_s = io_s = 0.0
+    images = 0
+    start = time.perf_counter()
+    with torch.inference_mode(), out.open("w") as sink:
+        loader = iter(data.predict_dataloader())
+        while images < limit:
+            t0 = time.perf_counter()
+            batch = next(loader, None)
+            t1 = time.perf_counter()
+            if batch is None:
+                break
+            records = labeler.predict_step(batch)
+            t2 = time.perf_counter()
+            sink.write("".join(json.dumps(r) + "\n" for r in records))
+            t3 = time.perf_counter()
+            step_s += t2 - t1
+            io_s += (t1 - t0) + (t3 - t2)
+            images += len(records)
+    total = time.perf_counter() - start
+    del labeler._scores
+    seconds = dict(timers.seconds)
+    model_s = seconds.pop("model", 0.0)
+    parts = {
+        "backbone": seconds.get("backbone", 0.0),
+        "text encoder": seconds.get("text encoder", 0.0),
+        "fusion encoder": seconds.get("fusion encoder", 0.0),
+        "decoder": seconds.get("decoder", 0.0),
+    }
+    parts["rest of model"] = model_s - sum(parts.values())
+    parts["pre/post-processing"] = step_s - model_s
+    parts["I/O"] = io_s
+    return {
+        "images": images,
+        "classes": len(names),
+        "chunks_per_pass0": len(labeler.prompt_tokens.chunks(tuple(range(len(data.vocabulary.prompts))))),
+        "forwards": forwards[0],
+        "passes": len(passes),
+        "annealing": annealing,
+        "seconds": total,
+        "images_per_s": images / total,
+        "parts_s": parts,
+    }
+
+
+def make_labeler(model_dir: Path, precision: str, reuse: bool, image_size: dict | None) -> GroundingDinoLabeler:
+    labeler = GroundingDinoLabeler(
+        str(model_dir),
+        precision=precision,
+        iteration_scheduler=ONE_PASS,
+        aggregation="nms",
+        image_size=image_size,
+        reuse_features=reuse,
+    )
+    timers = Timers()
+    inner = labeler.model.model
+    timers.module("model", labeler.model)
+    timers.module("backbone", inner.backbone)
+    timers.module("text encoder", inner.text_backbone)
+    timers.module("fusion encoder", inner.encoder)
+    timers.module("decoder", inner.decoder)
+    labeler._bench_timers = timers
+    return labeler
+
+
+def breakdown_table(rows: list[tuple[str, dict]]) -> list[str]:
+    lines = [
+        "| run | images | forwards | ms/image | " + " | ".join(PARTS) + " |",
+        "| --- | ---: | ---: | ---: | " + " | ".join("---:" for _ in PARTS) + " |",
+    ]
+    for label, r in rows:
+        per = {k: v / r["images"] for k, v in r["parts_s"].items()}
+        total = r["seconds"] / r["images"]
+        cells = " | ".join(f"{per[k] * 1000:.0f} ({per[k] / total:.0%})" for k in PARTS)
+        lines.append(f"| {label} | {r['images']} | {r['forwards']} | {total * 1000:.0f} | {cells} |")
+    return lines
+
+
+def bench_size(name, model_dir, image_dir, precision, image_size, images, big_vocab_images, out) -> dict:
+    reuse = make_labeler(model_dir, precision, True, image_size)
+    plain = make_labeler(model_dir, precision, False, image_size)
+    c80, c1000 = class_names(80), class_names(1000)
+    for labeler in (reuse, plain):  # warm-up: first-call allocations and kernel selection are not timed
+        run(labeler, image_dir, c80, ONE_PASS, "requery", out / f"{name}_warmup.jsonl", 1)
+    r = {}
+    r["one_pass"] = run(plain, image_dir, c80, ONE_PASS, "requery", out / f"{name}_1pass.jsonl", images)
+    print(f"[{name}] 1 pass, 80 classes: {r['one_pass']['images_per_s']:.3f} images/s", flush=True)
+    r["three_pass_requery_plain"] = run(
+        plain, image_dir, c80, THREE_PASSES, "requery", out / f"{name}_3p.jsonl", images
+    )
+    r["three_pass_requery_reuse"] = run(
+        reuse, image_dir, c80, THREE_PASSES, "requery", out / f"{name}_3pr.jsonl", images
+    )
+    r["three_pass_threshold"] = run(reuse, image_dir, c80, THREE_PASSES, "threshold", out / f"{name}_3pt.jsonl", images)
+    r["one_pass_1000_plain"] = run(
+        plain, image_dir, c1000, ONE_PASS, "requery", out / f"{name}_1000.jsonl", big_vocab_images
+    )
+    r["one_pass_1000_reuse"] = run(
+        reuse, image_dir, c1000, ONE_PASS, "requery", out / f"{name}_1000r.jsonl", big_vocab_images
+    )
+    base = r["one_pass"]["seconds"] / r["one_pass"]["images"]
+    for key, value in r.items():
+        value["cost_vs_one_pass_80"] = value["seconds"] / value["images"] / base
+        print(f"[{name}] {key}: {value['images_per_s']:.3f} images/s, {value['cost_vs_one_pass_80']:.2f}x", flush=True)
+    return r
+
+
+def markdown(results: dict) -> str:
+    m = results["machine"]
+    lines = [
+        f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} threads), "
+        f"transformers {m['transformers']}. Random weights. Batch 1 image, no loader workers.",
+        "",
+        "| size | run | classes | passes | images | forwards | images/s | cost vs 1 pass, 80 classes |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    labels = {
+        "one_pass": "1 pass",
+        "three_pass_requery_plain": "3 passes, re-query, no reuse (TAO's cost)",
+        "three_pass_requery_reuse": "3 passes, re-query, reused backbone + text features",
+        "three_pass_threshold": "3 passes, threshold-only annealing",
+        "one_pass_1000_plain": "1 pass, 1,000 classes, no reuse",
+        "one_pass_1000_reuse": "1 pass, 1,000 classes, reused features",
+    }
+    for size, runs in results["sizes"].items():
+        for key, r in runs.items():
+            lines.append(
+                f"| {size} | {labels[key]} | {r['classes']} | {r['passes']} | {r['images']} | {r['forwards']} | "
+                f"{r['images_per_s']:.3f} | {r['cost_vs_one_pass_80']:.2f}x |"
+            )
+    for size, runs in results["sizes"].items():
+        lines += ["", f"Where the time goes, {size} (ms per image, share of the total):", ""]
+        lines += breakdown_table([(labels[k], r) for k, r in runs.items()])
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tiny-images", type=int, default=24, help="images for the tiny test-size model")
+    parser.add_argument("--real-images", type=int, default=2, help="800x1333 images for the real tiny model")
+    parser.add_argument("--real-1000-images", type=int, default=1, help="800x1333 images with 1,000 classes")
+    parser.add_argument("--precision", default="bf16", choices=("fp32", "bf16"), help="real-size model precision")
+    parser.add_argument("--skip-real", action="store_true", help="only the tiny test-size model")
+    parser.add_argument("--out", default="results/bench/gdino")
+    args = parser.parse_args()
+    if not (VOCAB_DIR / "vocab.txt").is_file():
+        raise SystemExit(f"{VOCAB_DIR}/vocab.txt not found: the tokenizer needs ../shared/models/bert-base-uncased")
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    import platform
+
+    import transformers
+
+    lines = Path("/proc/cpuinfo").read_text().splitlines()
+    results = {
+        "command": "python benchmarks/gdino_label.py " + " ".join(sys.argv[1:]),
+        "machine": {
+            "cpu": next((x.split(":", 1)[1].strip() for x in lines if x.startswith("model name")), "?"),
+            "cores": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "python": platform.python_version(),
+        },
+        "sizes": {},
+    }
+    small = make_synthetic_coco(out / "small", max(args.tiny_images, 1), 96, 128, seed=0)
+    tiny_dir = save_model(out / "tiny_test_model", tiny_test_config())
+    size = {"shortest_edge": 96, "longest_edge": 160}
+    results["sizes"]["tiny test model, 96x128 images (resized to 96x128)"] = bench_size(
+        "tiny", tiny_dir, small.parent / "images", "fp32", size, args.tiny_images, args.tiny_images, out
+    )
+    if not args.skip_real:
+        start = time.perf_counter()
+        real_dir = save_model(out / "grounding_dino_tiny_random", idea_config("tiny"))
+        results["real_model_build_s"] = time.perf_counter() - start
+        big = make_synthetic_coco(out / "real", args.real_images, 800, 1333, seed=0)
+        results["sizes"][f"Grounding DINO tiny (Swin-T + BERT-base), 800x1333, {args.precision}"] = bench_size(
+            "real", real_dir, big.parent / "images", args.precision, None, args.real_images, args.real_1000_images, out
+        )
+    table = markdown(results)
+    print(table)
+    (out / "results.json").write_text(json.dumps({**results, "markdown": table}, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,83 @@
+"""Malformed annotation files through every command: one clear message, exit 2, no traceback, no work done."""
+
+import json
+
+import pytest
+from auto_label_helpers import tiny_assets, write_spec
+from bad_inputs import MALFORMED_COCO, run_command
+from conftest import TINY_MAL_ARGS
+
+import auto_label.__main__
+import gdino.__main__
+import mal.__main__
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    return tiny_assets(tmp_path_factory)
+
+
+def mal_fit(assets, ann, out):
+    data = ["--data.train_ann_path", str(ann), "--data.train_img_dir", str(assets["images"])]
+    run = ["--trainer.max_epochs", "1", "--trainer.logger", "false", f"--trainer.default_root_dir={out}"]
+    return mal.__main__.main, ["mal", "fit", *TINY_MAL_ARGS, *data, *run]
+
+
+def mal_predict(assets, ann, out):
+    data = ["--data.predict_ann_path", str(ann), "--data.predict_img_dir", str(assets["images"])]
+    run = ["--ckpt_path", str(assets["mal_checkpoint"]), "--writer.label_dump_path", str(out / "labels.json")]
+    run += ["--trainer.logger", "false", f"--trainer.default_root_dir={out}"]
+    return mal.__main__.main, ["mal", "predict", *TINY_MAL_ARGS, *data, *run]
+
+
+def gdino_label(assets, ann, out):
+    # a model path that does not exist: the data must be checked (and refused) before the model is loaded
+    args = ["label", "--model.path", str(out / "no_model"), "--data.ann_path", str(ann)]
+    return gdino.__main__.main, ["gdino", *args, "--data.image_dir", str(assets["images"]), "--output", str(out / "o")]
+
+
+def generate(assets, ann, out):
+    # likewise a checkpoint that does not exist: the annotation file is refused first
+    spec = {
+        "autolabel_type": "mal",
+        "results_dir": str(out),
+        "mal": {
+            "checkpoint": str(out / "no_checkpoint.ckpt"),
+            "inference": {"ann_path": str(ann), "img_dir": str(assets["images"])},
+        },
+    }
+    return auto_label.__main__.main, ["auto_label", "generate", "-e", str(write_spec(out / "spec.yaml", spec))]
+
+
+COMMANDS = {"mal fit": mal_fit, "mal predict": mal_predict, "gdino label": gdino_label, "generate": generate}
+# Grounding DINO labels the images of a COCO file: one without annotations is valid input for it.
+NOT_AN_ERROR = {("gdino label", "missing_annotations")}
+
+
+@pytest.mark.parametrize("case", list(MALFORMED_COCO))
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_malformed_annotation_file_is_one_clear_error(assets, tmp_path, capsys, monkeypatch, command, case):
+    if (command, case) in NOT_AN_ERROR:
+        pytest.skip("not malformed for this command")
+    make, words = MALFORMED_COCO[case]
+    ann = tmp_path / "bad.json"
+    ann.write_bytes(make(json.loads(assets["boxes"].read_text())))
+    out = tmp_path / "out"
+    out.mkdir()
+    main, argv = COMMANDS[command](assets, ann, out)
+    code, err = run_command(main, argv, capsys, monkeypatch)
+    assert code == 2, err
+    assert "Traceback" not in err
+    error_lines = [line for line in err.splitlines() if "error:" in line]
+    assert len(error_lines) == 1 and str(ann) in error_lines[0], err
+    for word in words:
+        assert word in err
+    assert not list(out.rglob("*.ckpt")) and not list(out.rglob("labels.json")) and not list(out.rglob(".*shards"))
+
+
+def test_debug_shows_the_traceback(assets, tmp_path, capsys, monkeypatch):
+    ann = tmp_path / "bad.json"
+    ann.write_text("{")
+    main, argv = COMMANDS["generate"](assets, ann, tmp_path)
+    with pytest.raises(ValueError, match="invalid JSON"):
+        run_command(main, [*argv, "--debug"], capsys, monkeypatch)

@@ -1,0 +1,59 @@
+"""Prediction packs the boxes of several images into shared forward batches without changing any box's mask."""
+
+import numpy as np
+import torch
+
+from mal.crops import expand_box, fixed_margins, resize_crops
+from mal.module import MALModule
+
+
+def tiny_module(max_boxes_per_forward: int) -> MALModule:
+    torch.manual_seed(0)
+    return MALModule(
+        arch="vit_tiny_patch16_224",
+        crop_size=32,
+        backbone_kwargs={"patch_size": 8, "depth": 1, "embed_dim": 32, "num_heads": 2},
+        mask_head_hidden_channel=16,
+        mask_head_out_channel=16,
+        loss_size=32,
+        mask_thres=0.5,
+        max_boxes_per_forward=max_boxes_per_forward,
+    ).eval()
+
+
+def sample(seed: int, boxes: list[list[float]], height: int = 60, width: int = 80) -> dict:
+    rng = np.random.default_rng(seed)
+    image = torch.from_numpy(rng.integers(0, 256, (3, height, width), dtype=np.uint8))
+    margins = fixed_margins((0.6, 0.6))
+    return {
+        "image": image,
+        "boxes": torch.tensor(boxes, dtype=torch.float64).reshape(-1, 4),
+        "crop_boxes": torch.tensor([expand_box(b, margins) for b in boxes], dtype=torch.int64).reshape(-1, 4),
+    }
+
+
+def test_packed_prediction_matches_one_image_at_a_time():
+    samples = [
+        sample(0, [[5, 5, 30, 40], [40, 10, 79, 59], [0.5, 0.5, 1.0, 1.0]]),
+        sample(1, []),  # no box: nothing to predict, and the packing skips it
+        sample(2, [[10, 20, 50, 45]]),
+        sample(3, [[2, 2, 70, 55], [60, 30, 75, 50]], height=64, width=96),
+    ]
+    packed = tiny_module(max_boxes_per_forward=4).predict_images(samples)  # batches cross image borders
+    alone = [tiny_module(max_boxes_per_forward=32).predict_image(s) for s in samples]
+    assert [len(r) for r in packed] == [3, 0, 1, 2]
+    for image_packed, image_alone in zip(packed, alone):
+        for a, b in zip(image_packed, image_alone):
+            assert (a["x0"], a["y0"], a["degenerate"]) == (b["x0"], b["y0"], b["degenerate"])
+            assert a["mask"].shape == b["mask"].shape
+            assert (a["mask"] != b["mask"]).mean() <= 1e-3  # at most a rounding flip at the threshold
+            assert abs(a["score"] - b["score"]) < 1e-4
+
+
+def test_a_box_crop_does_not_depend_on_the_other_boxes():
+    image = torch.rand(3, 120, 160) * 255
+    boxes = torch.tensor([[10, 10, 20, 22], [0, 0, 160, 120], [-20, 30, 90, 100], [50, 50, 51, 51]])
+    together = resize_crops(image, boxes, 16)
+    for i in range(len(boxes)):
+        assert torch.equal(resize_crops(image, boxes[i : i + 1], 16)[0], together[i])
+    assert resize_crops(image, boxes[:0], 16).shape == (0, 3, 16, 16)
