@@ -54,11 +54,11 @@ def main() -> None:
     print(f"2/4 fitting MAL on the training boxes (config {CONFIG})")
     common = ["--config", str(CONFIG), "--data.val_ann_path", str(val_json), "--data.val_img_dir", str(data / "images")]
     runs = out / "runs"
-    logger_dirs = [
-        "--trainer.logger=["
-        f'{{"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {{"save_dir": "{runs}", "name": "mal"}}}},'
-        f'{{"class_path": "lightning.pytorch.loggers.TensorBoardLogger", "init_args": {{"save_dir": "{runs}", "name": "mal"}}}}]'
+    loggers = [
+        f'{{"class_path": "lightning.pytorch.loggers.{kind}", "init_args": {{"save_dir": "{runs}", "name": "mal"}}}}'
+        for kind in ("CSVLogger", "TensorBoardLogger")
     ]
+    logger_dirs = [f"--trainer.logger=[{','.join(loggers)}]"]
     fit_args = [
         "fit",
         *common,

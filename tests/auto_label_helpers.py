@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import cv2
+import numpy as np
 import torch
 import yaml
 from conftest import TINY_MAL_ARGS
@@ -75,3 +78,35 @@ def text2mask_spec(assets, results_dir: Path, image_dir: Path | None = None, **t
         },
         "mal": {"checkpoint": str(assets["mal_checkpoint"])},
     }
+
+
+def big_boxes_file(root: Path, num_images: int = 16, seed: int = 0) -> tuple[Path, Path]:
+    """Noisy 1200x1600 images with 30 boxes each: slow enough (RLE of big masks) to be stopped mid-way."""
+    rng = np.random.default_rng(seed)
+    images, annotations = [], []
+    (root / "big").mkdir()
+    for image_id in range(1, num_images + 1):
+        name = f"big_{image_id:02d}.jpg"
+        cv2.imwrite(str(root / "big" / name), rng.integers(0, 255, (1200, 1600, 3), dtype=np.uint8))
+        images.append({"id": image_id, "file_name": name, "width": 1600, "height": 1200})
+        for _ in range(30):
+            x, y = rng.uniform(0, 1200), rng.uniform(0, 900)
+            bbox = [round(x, 1), round(y, 1), round(rng.uniform(50, 400), 1), round(rng.uniform(50, 300), 1)]
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": 1, "bbox": bbox})
+    path = root / "big.json"
+    path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "x"}]}))
+    return path, root / "big"
+
+
+def mal_spec(path: Path, results_dir: Path, checkpoint: Path, ann_path: Path, img_dir: Path) -> Path:
+    """A one-image-per-batch MAL labeling spec (so that a run can be stopped between images)."""
+    return write_spec(
+        path,
+        {
+            "autolabel_type": "mal",
+            "results_dir": str(results_dir),
+            "num_workers": 0,
+            "batch_size": 1,
+            "mal": {"checkpoint": str(checkpoint), "inference": {"ann_path": str(ann_path), "img_dir": str(img_dir)}},
+        },
+    )

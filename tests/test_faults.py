@@ -9,11 +9,10 @@ import subprocess
 import sys
 import time
 
-import cv2
 import numpy as np
 import pytest
 import torch
-from auto_label_helpers import tiny_assets, write_spec
+from auto_label_helpers import big_boxes_file, mal_spec, tiny_assets, write_spec
 from bad_inputs import run_command
 from conftest import REPO, TINY_MAL_ARGS
 
@@ -35,39 +34,11 @@ def assets(tmp_path_factory):
     return tiny_assets(tmp_path_factory)
 
 
-def slow_input(root, images: int = 6):
-    """Big noisy images with many boxes: slow enough to be interrupted between two images."""
-    rng = np.random.default_rng(1)
-    (root / "big").mkdir()
-    entries, anns = [], []
-    for image_id in range(1, images + 1):
-        cv2.imwrite(str(root / "big" / f"{image_id}.jpg"), rng.integers(0, 255, (1200, 1600, 3), dtype=np.uint8))
-        entries.append({"id": image_id, "file_name": f"{image_id}.jpg", "width": 1600, "height": 1200})
-        for _ in range(30):
-            bbox = [float(rng.uniform(0, 1200)), float(rng.uniform(0, 900)), 300.0, 250.0]
-            anns.append({"id": len(anns) + 1, "image_id": image_id, "category_id": 1, "bbox": bbox})
-    path = root / "big.json"
-    path.write_text(json.dumps({"images": entries, "annotations": anns, "categories": [{"id": 1, "name": "x"}]}))
-    return path, root / "big"
-
-
 def test_ctrl_c_keeps_finished_images_and_the_run_resumes(assets, tmp_path):
-    ann, images = slow_input(tmp_path)
+    ann, images = big_boxes_file(tmp_path, num_images=6, seed=1)
 
     def spec(name):
-        return write_spec(
-            tmp_path / f"{name}.yaml",
-            {
-                "autolabel_type": "mal",
-                "results_dir": str(tmp_path / name),
-                "num_workers": 0,
-                "batch_size": 1,
-                "mal": {
-                    "checkpoint": str(assets["mal_checkpoint"]),
-                    "inference": {"ann_path": str(ann), "img_dir": str(images)},
-                },
-            },
-        )
+        return mal_spec(tmp_path / f"{name}.yaml", tmp_path / name, assets["mal_checkpoint"], ann, images)
 
     run = spec("run")
     shards = tmp_path / "run" / ".labels.json.shards"

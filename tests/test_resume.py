@@ -1,16 +1,13 @@
 """Resume: a run killed with SIGKILL mid-way and started again ends with exactly the uninterrupted output."""
 
-import json
 import os
 import signal
 import subprocess
 import sys
 import time
 
-import cv2
-import numpy as np
 import pytest
-from auto_label_helpers import text2mask_spec, tiny_assets, write_spec
+from auto_label_helpers import big_boxes_file, mal_spec, text2mask_spec, tiny_assets, write_spec
 from conftest import REPO
 from gdino_helpers import needs_vocab
 
@@ -45,41 +42,11 @@ def kill_when_shards_have(spec, shard_dir, lines: int) -> int:
             proc.wait()
 
 
-def big_boxes_file(root) -> tuple:
-    """16 noisy 1200x1600 images with 30 boxes each: slow enough (RLE of big masks) to be killed mid-way."""
-    rng = np.random.default_rng(0)
-    images, annotations = [], []
-    (root / "big").mkdir()
-    for image_id in range(1, 17):
-        name = f"big_{image_id:02d}.jpg"
-        cv2.imwrite(str(root / "big" / name), rng.integers(0, 255, (1200, 1600, 3), dtype=np.uint8))
-        images.append({"id": image_id, "file_name": name, "width": 1600, "height": 1200})
-        for _ in range(30):
-            x, y = rng.uniform(0, 1200), rng.uniform(0, 900)
-            bbox = [round(x, 1), round(y, 1), round(rng.uniform(50, 400), 1), round(rng.uniform(50, 300), 1)]
-            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": 1, "bbox": bbox})
-    path = root / "big.json"
-    path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "x"}]}))
-    return path, root / "big"
-
-
 def test_killed_mal_run_resumes_to_the_uninterrupted_output(assets, tmp_path):
     ann_path, img_dir = big_boxes_file(tmp_path)
 
     def spec(name):
-        return write_spec(
-            tmp_path / f"{name}.yaml",
-            {
-                "autolabel_type": "mal",
-                "results_dir": str(tmp_path / name),
-                "num_workers": 0,
-                "batch_size": 1,
-                "mal": {
-                    "checkpoint": str(assets["mal_checkpoint"]),
-                    "inference": {"ann_path": str(ann_path), "img_dir": str(img_dir)},
-                },
-            },
-        )
+        return mal_spec(tmp_path / f"{name}.yaml", tmp_path / name, assets["mal_checkpoint"], ann_path, img_dir)
 
     cli(["generate", "-e", str(spec("reference"))])
     killed = spec("killed")
