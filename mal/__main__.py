@@ -52,12 +52,19 @@ class MALCLI(LightningCLI):
             check_ckpt_path(str(config["ckpt_path"]))
 
     def before_instantiate_classes(self) -> None:
-        """Lightning's own checkpoint loading is weights-only too: a pickle that would run code is refused."""
+        """Refuse non-weights-only checkpoint loading, and check the data before any model work."""
         config = self.config[self.subcommand]
         if "weights_only" in config:
             if config["weights_only"] is False:
                 raise CheckpointError("--weights_only false is not supported: checkpoints load weights-only")
             config["weights_only"] = True
+        # Validate the annotation files before the model is built or any weights are read.
+        self.checked_data = COCOBoxDataModule(**config["data"].as_dict())
+        self.checked_data.load_annotations(self.subcommand)
+
+    def instantiate_classes(self) -> None:
+        super().instantiate_classes()
+        self.datamodule = self.checked_data  # the same settings, with its files already loaded
 
 
 def evaluate_main(argv: list[str]) -> None:

@@ -255,20 +255,25 @@ class COCOBoxDataModule(L.LightningDataModule):
         self.train_coco = self.val_coco = self.predict_coco = None
 
     def setup(self, stage: str) -> None:
+        self.load_annotations(stage)
+        if stage == "predict":
+            self.predict_skip: set[int] = set()  # image positions already labelled (set by a resuming writer)
+            self.allow_zero_length_dataloader_with_multiple_devices = True  # a rank may have no image left
+
+    def load_annotations(self, stage: str) -> None:
+        """Read and validate the annotation files `stage` needs (once); the CLI calls this before building
+        the model, so that a bad file stops the command before any model work."""
         hp = self.hparams
-        if stage == "fit":
+        if stage == "fit" and self.train_coco is None:
             if not hp.train_ann_path:
                 raise ValueError("data.train_ann_path is required for fit")
             self.train_coco = load_coco(hp.train_ann_path, hp.train_img_dir, **self._path_rules)
-        if stage in ("fit", "validate", "test") and hp.val_ann_path:
+        if stage in ("fit", "validate", "test") and hp.val_ann_path and self.val_coco is None:
             self.val_coco = load_coco(hp.val_ann_path, hp.val_img_dir, **self._path_rules)
         if stage in ("validate", "test") and self.val_coco is None:
             raise ValueError(f"data.val_ann_path is required for {stage}")
-        if stage == "predict":
-            if self.predict_coco is None:  # `auto_label generate` loads it first, to check it before the weights
-                self.predict_coco = self.load_predict_coco()
-            self.predict_skip: set[int] = set()  # image positions already labelled (set by a resuming writer)
-            self.allow_zero_length_dataloader_with_multiple_devices = True  # a rank may have no image left
+        if stage == "predict" and self.predict_coco is None:  # `auto_label generate` may have loaded it
+            self.predict_coco = self.load_predict_coco()
 
     def load_predict_coco(self) -> CocoFile:
         """The boxes to label, validated; a missing image file is skipped and listed later, not an error."""

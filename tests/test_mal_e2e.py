@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from conftest import REPO, TINY_MAL_ARGS
 
+from auto_label.coco import CocoFormatError
 from auto_label.masks import segmentation_to_mask
 from mal.__main__ import cli_main
 from mal.evaluate import evaluate_files
@@ -223,3 +224,24 @@ def test_cli_reports_bad_input_without_traceback(tmp_path):
     assert result.returncode == 2
     assert "categories[0] (id 'x'): field 'id': must be an integer" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_bad_annotations_stop_fit_before_any_model_work(tmp_path):
+    """The annotation file is checked before the network is built and its weights are read."""
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"images": [], "annotations": [], "categories": [{"id": 1}]}))
+    missing_weights = tmp_path / "absent.pth"
+    with pytest.raises(CocoFormatError, match=r"categories\[0\] \(id 1\): field 'name'"):
+        cli_main(
+            [
+                "fit",
+                *TINY_MAL_ARGS,
+                "--data.train_ann_path",
+                str(bad),
+                "--data.train_img_dir",
+                str(tmp_path),
+                "--model.pretrained_path",
+                str(missing_weights),
+                f"--trainer.default_root_dir={tmp_path}",
+            ]
+        )
