@@ -223,7 +223,9 @@ def bucket_flops(ann_path: Path, flops: dict[int, float]) -> float:
 def bench_dataset(name, ann_path, img_dir, module, cfg, args, out: Path, flops, ceilings) -> dict:
     hp = module.hparams
     result = {"dataset": name}
-    ours = run_ours(module, cfg, ann_path, img_dir, out / f"{name}_ours.json", "bf16-mixed", args.eval_batch_size, 1)
+    ours = run_ours(
+        module, cfg, ann_path, img_dir, out / f"{name}_ours.json", "bf16-mixed", args.eval_batch_size, args.workers
+    )
     total_flops = bucket_flops(ann_path, flops)
     ours["gflop_per_box"] = total_flops / ours["boxes"] / 1e9
     ours["achieved_gflops"] = total_flops / ours["loop_s"] / 1e9
@@ -233,13 +235,13 @@ def bench_dataset(name, ann_path, img_dir, module, cfg, args, out: Path, flops, 
 
     small = subset(ann_path, args.reference_images, out / f"{name}_subset.json")
     ours_small = run_ours(
-        module, cfg, small, img_dir, out / f"{name}_subset_ours.json", "bf16-mixed", args.eval_batch_size, 1
+        module, cfg, small, img_dir, out / f"{name}_subset_ours.json", "bf16-mixed", args.eval_batch_size, args.workers
     )
     ours_small["achieved_gflops"] = bucket_flops(small, flops) / ours_small["loop_s"] / 1e9
     result["ours_bf16_subset"] = ours_small
     if not args.skip_fp32:
         ours_fp32 = run_ours(
-            module, cfg, small, img_dir, out / f"{name}_subset_fp32.json", "32-true", args.eval_batch_size, 1
+            module, cfg, small, img_dir, out / f"{name}_subset_fp32.json", "32-true", args.eval_batch_size, args.workers
         )
         ours_fp32["achieved_gflops"] = bucket_flops(small, flops) / ours_fp32["loop_s"] / 1e9
         ours_fp32["fraction_of_fp32_matmul"] = ours_fp32["achieved_gflops"] * 1e9 / ceilings["fp32"]
@@ -317,12 +319,16 @@ def main() -> None:
     parser.add_argument("--eval-batch-size", type=int, default=8, help="images per predict step")
     parser.add_argument("--skip-fp32", action="store_true", help="do not also time our path in fp32")
     parser.add_argument("--skip-coco128", action="store_true")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice, one per core)")
+    parser.add_argument("--workers", type=int, default=1, help="data loading processes of our path")
     parser.add_argument("--matmul-seconds", type=float, default=3.0, help="time per matmul ceiling measurement")
     parser.add_argument("--config", default=str(CONFIG), help="its model and data.crop_size settings are used")
     parser.add_argument("--out", default="results/bench/mal_predict")
     args = parser.parse_args()
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     results = {"machine": machine(), "command": "python benchmarks/mal_predict.py " + " ".join(sys.argv[1:])}
     results["matmul_gflops"] = {

@@ -15,7 +15,7 @@ from auto_label.weights import load_weights
 from mal.checkpoint import CheckpointError
 from mal.data import COCOBoxDataModule
 from mal.evaluate import evaluate_files, print_table
-from mal.module import MALModule
+from mal.module import PREDICTION_OPTIONS, MALModule
 from mal.writer import MaskLabelWriter
 
 # ckpt_path values that Lightning resolves itself (fit), not file names
@@ -45,15 +45,19 @@ class MALCLI(LightningCLI):
         parser.add_lightning_class_args(MaskLabelWriter, "writer")
 
     def parse_arguments(self, parser, args) -> None:
-        """Check --ckpt_path before Lightning reads it (its parse-time read would fail with a traceback)."""
+        """Check --ckpt_path before Lightning reads it (its parse-time read would fail with a traceback), and
+        remember the prediction options, which the checkpoint's hyperparameters must not replace."""
         super().parse_arguments(parser, args)
         config = self.config.get(self.config.get("subcommand") or "", {})
         if config and config.get("ckpt_path"):
             check_ckpt_path(str(config["ckpt_path"]))
+        self.prediction_options = {k: config["model"][k] for k in PREDICTION_OPTIONS} if config else {}
 
     def before_instantiate_classes(self) -> None:
         """Refuse non-weights-only checkpoint loading, and check the data before any model work."""
         config = self.config[self.subcommand]
+        for key, value in self.prediction_options.items():
+            config["model"][key] = value
         if "weights_only" in config:
             if config["weights_only"] is False:
                 raise CheckpointError("--weights_only false is not supported: checkpoints load weights-only")

@@ -44,6 +44,11 @@ def full_masks(regions: list[tuple[int, int, np.ndarray]], height: int, width: i
     return masks
 
 
+# Options that only steer prediction: taken from the command line / config even when `--ckpt_path`
+# supplies the other hyperparameters (Lightning's CLI would otherwise replace them by the checkpoint's).
+PREDICTION_OPTIONS = ("mask_thres", "use_teacher_test", "max_boxes_per_forward", "num_overlays")
+
+
 class MALModule(L.LightningModule):
     """Mask Auto-Labeler (Lan et al., CVPR 2023): learn box -> mask from boxes alone.
 

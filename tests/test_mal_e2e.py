@@ -245,3 +245,33 @@ def test_bad_annotations_stop_fit_before_any_model_work(tmp_path):
                 f"--trainer.default_root_dir={tmp_path}",
             ]
         )
+
+
+def test_prediction_options_on_the_command_line_beat_the_checkpoint(trained, synthetic, tmp_path):
+    areas = {}
+    for threshold in ("0.0", "1.0"):
+        out = tmp_path / f"labels_{threshold}.json"
+        cli_main(
+            [
+                "predict",
+                *TINY_MAL_ARGS,
+                *logger_args(trained["root"]),
+                "--ckpt_path",
+                trained["last"],
+                "--data.predict_ann_path",
+                str(synthetic["val"]),
+                "--data.predict_img_dir",
+                str(synthetic["images"]),
+                "--writer.label_dump_path",
+                str(out),
+                "--model.mask_thres",
+                threshold,
+            ]
+        )
+        areas[threshold] = [a["area"] for a in json.loads(out.read_text())["annotations"]]
+    box_pixels = [
+        int((np.ceil(x + w) - np.floor(x)) * (np.ceil(y + h) - np.floor(y)))
+        for x, y, w, h in (a["bbox"] for a in json.loads(synthetic["val"].read_text())["annotations"])
+    ]
+    assert areas["0.0"] == box_pixels  # every probability is above 0: the whole box
+    assert set(areas["1.0"]) == {0}  # none is above 1: empty masks
