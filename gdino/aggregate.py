@@ -60,11 +60,7 @@ def dbscan(boxes, scores, labels, iou_threshold: float) -> Result:
     def clusters(indices: list[int]) -> list[list[int]]:
         sub = boxes[indices]
         distance = (1.0 - box_iou(sub, sub)).clamp_min(0).double().numpy()
-        ids = (
-            DBSCAN(eps=max(1.0 - iou_threshold, 1e-9), min_samples=1, metric="precomputed")
-            .fit(distance)
-            .labels_
-        )
+        ids = DBSCAN(eps=max(1.0 - iou_threshold, 1e-9), min_samples=1, metric="precomputed").fit(distance).labels_
         return [[indices[i] for i in np.flatnonzero(ids == c)] for c in np.unique(ids)]
 
     return _fused(boxes, scores, _per_class(labels, clusters), torch.max)

@@ -149,9 +149,7 @@ def convert_state_dict(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.
             else:
                 unmapped.append(key)
     if unmapped:
-        raise GDinoError(
-            key_listing("checkpoint keys with no known mapping (not an IDEA Grounding DINO?)", unmapped)
-        )
+        raise GDinoError(key_listing("checkpoint keys with no known mapping (not an IDEA Grounding DINO?)", unmapped))
     return out, ignored
 
 

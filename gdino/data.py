@@ -67,9 +67,7 @@ def find_images(image_dir: Path, extensions: Sequence[str] = IMAGE_EXTENSIONS) -
     A broken link is kept (it is then skipped and listed as a missing file, not silently dropped).
     """
     wanted = {e.lower() for e in extensions}
-    return sorted(
-        p for p in image_dir.rglob("*") if (p.is_file() or p.is_symlink()) and p.suffix.lower() in wanted
-    )
+    return sorted(p for p in image_dir.rglob("*") if (p.is_file() or p.is_symlink()) and p.suffix.lower() in wanted)
 
 
 def closed_vocabulary(class_names: Sequence[str]) -> Vocabulary:

@@ -45,9 +45,7 @@ def evaluate(pred: str, gt: str) -> dict:
     pred_data = read_coco_json(pred)
     validate_coco(pred_data, pred)
     gt_images = {im["file_name"]: im["id"] for im in gt_file.images}
-    image_map = {
-        im["id"]: gt_images[im["file_name"]] for im in pred_data["images"] if im["file_name"] in gt_images
-    }
+    image_map = {im["id"]: gt_images[im["file_name"]] for im in pred_data["images"] if im["file_name"] in gt_images}
     if not image_map:
         raise GDinoError(f"{pred}: no image file_name in common with {gt}")
     gt_by_name = {sanitize_name(c["name"]): c for c in gt_file.categories}

@@ -32,9 +32,7 @@ PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float
 # Swin backbones of the two released IDEA checkpoints (groundingdino_swint_ogc / swinb_cogcoor).
 ARCHITECTURES = {
     "tiny": dict(embed_dim=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24], window_size=7, image_size=224),
-    "base": dict(
-        embed_dim=128, depths=[2, 2, 18, 2], num_heads=[4, 8, 16, 32], window_size=12, image_size=384
-    ),
+    "base": dict(embed_dim=128, depths=[2, 2, 18, 2], num_heads=[4, 8, 16, 32], window_size=12, image_size=384),
 }
 # Present in one layout and recomputed (or unused) in the other.
 IGNORABLE_MISSING = ("swin.layernorm.",)
@@ -92,9 +90,7 @@ def _load_hf_dir(path: Path):
 
 def _load_idea(path: Path, architecture: str | None):
     if not architecture:
-        raise GDinoError(
-            "model.architecture: required for an original .pth checkpoint (tiny, base or config.json)"
-        )
+        raise GDinoError("model.architecture: required for an original .pth checkpoint (tiny, base or config.json)")
     state = load_idea_checkpoint(path)  # read (and refuse an unsafe file) before building the model
     model = GroundingDinoForObjectDetection(idea_config(architecture))
     expected = model.state_dict()

@@ -71,9 +71,7 @@ class GroundingDinoLabeler(L.LightningModule):
         if max_dets_per_image is not None and max_dets_per_image < 1:
             raise GDinoError(f"model.max_dets_per_image: must be >= 1 or null, got {max_dets_per_image}")
         if image_size is not None and set(image_size) != {"shortest_edge", "longest_edge"}:
-            raise GDinoError(
-                f"model.image_size: needs exactly shortest_edge and longest_edge, got {image_size}"
-            )
+            raise GDinoError(f"model.image_size: needs exactly shortest_edge and longest_edge, got {image_size}")
         self.passes = build_schedule(iteration_scheduler, schedule)
         self.class_thresholds = class_thresholds
         self.aggregation, self.aggregation_iou = aggregation, aggregation_iou
@@ -90,12 +88,8 @@ class GroundingDinoLabeler(L.LightningModule):
     def set_vocabulary(self, vocabulary) -> None:
         """Tokenise the prompts once and resolve per-class thresholds against the class names."""
         self.vocabulary = vocabulary
-        self.prompt_tokens = PromptTokenizer(
-            self.tokenizer, vocabulary.prompts, self.model.config.max_text_len
-        )
-        self.threshold_override = class_threshold_table(
-            self.class_thresholds, vocabulary.class_names, sanitize_name
-        )
+        self.prompt_tokens = PromptTokenizer(self.tokenizer, vocabulary.prompts, self.model.config.max_text_len)
+        self.threshold_override = class_threshold_table(self.class_thresholds, vocabulary.class_names, sanitize_name)
 
     def on_predict_start(self) -> None:
         if self.vocabulary is None:
@@ -252,9 +246,7 @@ class GroundingDinoLabeler(L.LightningModule):
             return record
         boxes, scores, prompts, thresholds, passes = (torch.cat(t).cpu() for t in zip(*parts))
         labels = torch.tensor([vocab.prompt_class[p] for p in prompts.tolist()])
-        boxes, scores, source = aggregate(
-            boxes, scores, labels, self.aggregation, self.aggregation_iou, self.max_dets
-        )
+        boxes, scores, source = aggregate(boxes, scores, labels, self.aggregation, self.aggregation_iou, self.max_dets)
         for box, score, s in zip(boxes.tolist(), scores.tolist(), source.tolist()):
             prompt = int(prompts[s])
             cls = vocab.prompt_class[prompt]

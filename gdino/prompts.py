@@ -36,8 +36,7 @@ def sanitize_names(names: Sequence[str], source: str = "class_names") -> list[st
         if clean in seen:
             first = seen[clean]
             raise GDinoError(
-                f"{source}[{index}]: {name!r} duplicates {source}[{first}] {names[first]!r} "
-                f"(both read {clean!r})"
+                f"{source}[{index}]: {name!r} duplicates {source}[{first}] {names[first]!r} (both read {clean!r})"
             )
         seen[clean] = index
         cleaned.append(clean)
@@ -111,9 +110,7 @@ class PromptTokenizer:
             ids.extend(self.tokens[pid])
             ids.append(self.period_id)
         ids.append(self.sep_id)
-        return Chunk(
-            tuple(prompt_ids), tuple(ids), tuple(spans), build_caption(self.prompts[p] for p in prompt_ids)
-        )
+        return Chunk(tuple(prompt_ids), tuple(ids), tuple(spans), build_caption(self.prompts[p] for p in prompt_ids))
 
 
 def build_caption(names) -> str:

@@ -46,9 +46,7 @@ def generate(kind: str, start: float, end: float, num_passes: int) -> list[float
 def build_schedule(iteration_scheduler: Sequence[Mapping] | None, schedule: Mapping | None) -> list[Pass]:
     """Validate and expand the configured schedule; exactly one of the two forms may be given."""
     if iteration_scheduler and schedule:
-        raise GDinoError(
-            "give either iteration_scheduler (a list of passes) or schedule (generated), not both"
-        )
+        raise GDinoError("give either iteration_scheduler (a list of passes) or schedule (generated), not both")
     if schedule:
         unknown = set(schedule) - {"type", "start", "end", "num_passes", "nms_threshold"}
         if unknown:

@@ -46,7 +46,7 @@ def full_masks(regions: list[tuple[int, int, np.ndarray]], height: int, width: i
 
 # Options that only steer prediction: taken from the command line / config even when `--ckpt_path`
 # supplies the other hyperparameters (Lightning's CLI would otherwise replace them by the checkpoint's).
-PREDICTION_OPTIONS = ("mask_thres", "use_teacher_test", "max_boxes_per_forward", "num_overlays")
+PREDICTION_OPTIONS = ("mask_thres", "use_teacher_test", "max_boxes_per_forward", "num_overlays", "compile_backbone")
 
 
 class MALModule(L.LightningModule):
@@ -77,6 +77,9 @@ class MALModule(L.LightningModule):
         use_teacher_test: predict with the EMA teacher instead of the student.
         max_boxes_per_forward: box crops per forward pass at validation and prediction.
         num_overlays: validation images drawn into the logged overlay grid.
+        compile_backbone: `torch.compile` the ViT for prediction. It compiles on first use (about 30 s for
+            ViT-Tiny on a CPU core); on this project's CPU the whole predict path was not faster with it
+            (0.96x, BENCHMARKS.md), so it is off by default.
     """
 
     def __init__(
@@ -115,6 +118,7 @@ class MALModule(L.LightningModule):
         use_teacher_test: bool = False,
         max_boxes_per_forward: int = 32,
         num_overlays: int = 8,
+        compile_backbone: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -269,6 +273,10 @@ class MALModule(L.LightningModule):
         does not depend on which boxes share its batch."""
         hp = self.hparams
         net = self.teacher if hp.use_teacher_test else self.student
+        predicting = self._trainer is None or self.trainer.predicting  # not inside a fit: training would recompile
+        if hp.get("compile_backbone") and predicting and not hasattr(net.backbone, "_compiled_forward_features"):
+            net.backbone._compiled_forward_features = True  # on the instance: weights and their names unchanged
+            net.backbone.forward_features = torch.compile(net.backbone.forward_features)
         sources = [self._crop_source(sample) for sample in samples]
         counts = [len(sample["boxes"]) for sample in samples]
         owners = [(i, j) for i, count in enumerate(counts) for j in range(count)]  # (image, box), packing order

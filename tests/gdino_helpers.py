@@ -25,9 +25,7 @@ def tiny_config(max_text_len: int = 32):
             window_size=4,
             out_features=["stage2", "stage3", "stage4"],
         ),
-        text_config=BertConfig(
-            hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37
-        ),
+        text_config=BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37),
         d_model=32,
         encoder_layers=1,
         decoder_layers=2,
@@ -52,9 +50,7 @@ def save_tiny_model_dir(path: Path, seed: int = 0, max_text_len: int = 32) -> Pa
     from transformers import BertTokenizerFast, GroundingDinoImageProcessor, GroundingDinoProcessor
 
     tiny_model(seed, max_text_len).save_pretrained(path)
-    processor = GroundingDinoProcessor(
-        GroundingDinoImageProcessor(), BertTokenizerFast.from_pretrained(VOCAB_DIR)
-    )
+    processor = GroundingDinoProcessor(GroundingDinoImageProcessor(), BertTokenizerFast.from_pretrained(VOCAB_DIR))
     processor.save_pretrained(path)
     return Path(path)
 

@@ -33,9 +33,7 @@ def test_dbscan_fuses_a_cluster_into_a_score_weighted_box_with_the_max_score():
 
 
 def test_dbscan_chains_boxes_that_overlap_through_a_neighbour():
-    chain = torch.tensor(
-        [[0, 0, 10, 10], [2, 0, 12, 10], [4, 0, 14, 10]], dtype=torch.float
-    )  # IoU 0.67, 0.43
+    chain = torch.tensor([[0, 0, 10, 10], [2, 0, 12, 10], [4, 0, 14, 10]], dtype=torch.float)  # IoU 0.67, 0.43
     boxes, scores, _ = aggregate(
         chain, torch.tensor([0.5, 0.5, 0.5]), torch.zeros(3, dtype=torch.long), "dbscan", 0.6, None
     )
@@ -51,9 +49,7 @@ def test_weighted_box_fusion_averages_boxes_and_scores():
 
 def test_weighted_box_fusion_does_not_chain():
     chain = torch.tensor([[0, 0, 10, 10], [2, 0, 12, 10], [6, 0, 16, 10]], dtype=torch.float)
-    boxes, _, _ = aggregate(
-        chain, torch.tensor([0.9, 0.5, 0.4]), torch.zeros(3, dtype=torch.long), "wbf", 0.5, None
-    )
+    boxes, _, _ = aggregate(chain, torch.tensor([0.9, 0.5, 0.4]), torch.zeros(3, dtype=torch.long), "wbf", 0.5, None)
     assert len(boxes) == 2  # the third box overlaps the fused first two by less than 0.5
 
 

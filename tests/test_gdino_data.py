@@ -68,9 +68,7 @@ def test_coco_file_keeps_ids_and_matches_class_names_to_categories(photos, tmp_p
 
 def test_bad_noun_chunk_lines_name_the_line_and_field(photos, tmp_path):
     chunks = tmp_path / "c.jsonl"
-    chunks.write_text(
-        '{"file_name": "x.jpg", "noun_chunks": ["a man"]}\n{"file_name": "x.jpg", "noun_chunks": []}\n'
-    )
+    chunks.write_text('{"file_name": "x.jpg", "noun_chunks": ["a man"]}\n{"file_name": "x.jpg", "noun_chunks": []}\n')
     with pytest.raises(GDinoError, match=r"c.jsonl: line 2: field 'noun_chunks'"):
         GroundingDinoDataModule(image_dir=str(photos), noun_chunk_path=str(chunks))
     chunks.write_text("{oops\n")

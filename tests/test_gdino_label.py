@@ -43,9 +43,7 @@ def _label(model_dir, dataset, **model_kwargs) -> list[dict]:
 
 def test_images_without_detections_in_pass_0_are_queried_again(model_dir, dataset):
     # nothing can beat 1.0 in pass 0, so every image ends pass 0 empty-handed
-    records = _label(
-        model_dir, dataset, iteration_scheduler=[{"conf_threshold": 1.0}, {"conf_threshold": 0.0}]
-    )
+    records = _label(model_dir, dataset, iteration_scheduler=[{"conf_threshold": 1.0}, {"conf_threshold": 0.0}])
     assert len(records) == 3
     for record in records:
         assert record["passes"] == [{"pass": 0, "queried": [1, 2, 3]}, {"pass": 1, "queried": [1, 2, 3]}]

@@ -56,9 +56,7 @@ def test_positive_map_matches_hand_computed_spans(tokenizer):
     assert torch.allclose(pmap, expected)
     # class scores are token probabilities averaged over the span
     probs = torch.linspace(0, 1, 12)[None]
-    assert torch.allclose(
-        probs @ pmap.T, torch.stack([probs[0, 1], probs[0, 3:5].mean(), probs[0, 6:9].mean()])[None]
-    )
+    assert torch.allclose(probs @ pmap.T, torch.stack([probs[0, 1], probs[0, 3:5].mean(), probs[0, 6:9].mean()])[None])
 
 
 @pytest.mark.parametrize("max_text_len", [256, 32])

@@ -57,3 +57,18 @@ def test_a_box_crop_does_not_depend_on_the_other_boxes():
     for i in range(len(boxes)):
         assert torch.equal(resize_crops(image, boxes[i : i + 1], 16)[0], together[i])
     assert resize_crops(image, boxes[:0], 16).shape == (0, 3, 16, 16)
+
+
+def test_compiled_backbone_predicts_the_same_masks():
+    samples = [sample(0, [[5, 5, 30, 40], [40, 10, 79, 59]]), sample(2, [[10, 20, 50, 45]])]
+    eager = tiny_module(max_boxes_per_forward=4).predict_images(samples)
+    module = tiny_module(max_boxes_per_forward=4)
+    module.hparams.compile_backbone = True
+    compiled = module.predict_images(samples)
+    assert hasattr(module.student.backbone, "_compiled_forward_features")
+    assert "_compiled_forward_features" not in module.student.state_dict()  # weights untouched
+    for image_eager, image_compiled in zip(eager, compiled):
+        for a, b in zip(image_eager, image_compiled):
+            assert (a["x0"], a["y0"]) == (b["x0"], b["y0"])
+            assert (a["mask"] != b["mask"]).mean() <= 1e-2
+            assert abs(a["score"] - b["score"]) < 1e-3

@@ -18,8 +18,9 @@ def test_wandb_logger_offline(synthetic, tmp_path, monkeypatch):
         *("--data.train_ann_path", str(synthetic["train"]), "--data.train_img_dir", str(synthetic["images"])),
         *("--data.val_ann_path", str(synthetic["val"]), "--data.val_img_dir", str(synthetic["images"])),
     ]
-    cli_main(["fit", *TINY_MAL_ARGS, *data, logger, f"--trainer.default_root_dir={tmp_path}",
-              "--trainer.max_steps", "2"])
+    cli_main(
+        ["fit", *TINY_MAL_ARGS, *data, logger, f"--trainer.default_root_dir={tmp_path}", "--trainer.max_steps", "2"]
+    )
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
     logged = list(runs[0].rglob("*.png")) + list(runs[0].rglob("run-*.wandb"))
