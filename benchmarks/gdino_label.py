@@ -24,18 +24,16 @@ from pathlib import Path
 
 import torch
 from transformers import (
-    BertConfig,
     BertTokenizerFast,
     GroundingDinoConfig,
     GroundingDinoForObjectDetection,
     GroundingDinoImageProcessor,
     GroundingDinoProcessor,
-    SwinConfig,
 )
 
 from auto_label.synthetic import make_synthetic_coco
 from gdino.data import GroundingDinoDataModule
-from gdino.model import idea_config
+from gdino.model import idea_config, small_config
 from gdino.module import GroundingDinoLabeler
 
 REPO = Path(__file__).resolve().parents[1]
@@ -80,29 +78,6 @@ def save_model(path: Path, config: GroundingDinoConfig) -> Path:
         path
     )
     return path
-
-
-def tiny_test_config() -> GroundingDinoConfig:
-    """The tests' tiny model (tests/gdino_helpers.py), with the real max_text_len of 256."""
-    return GroundingDinoConfig(
-        backbone_config=SwinConfig(
-            embed_dim=16,
-            depths=[1, 1, 1, 1],
-            num_heads=[1, 1, 1, 1],
-            window_size=4,
-            out_features=["stage2", "stage3", "stage4"],
-        ),
-        text_config=BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37),
-        d_model=32,
-        encoder_layers=1,
-        decoder_layers=2,
-        num_queries=10,
-        max_text_len=256,
-        encoder_ffn_dim=32,
-        decoder_ffn_dim=32,
-        encoder_attention_heads=2,
-        decoder_attention_heads=2,
-    )
 
 
 class Timers:
@@ -309,7 +284,7 @@ def main() -> None:
         "sizes": {},
     }
     small = make_synthetic_coco(out / "small", max(args.tiny_images, 1), 96, 128, seed=0)
-    tiny_dir = save_model(out / "tiny_test_model", tiny_test_config())
+    tiny_dir = save_model(out / "tiny_test_model", small_config(max_text_len=256))
     size = {"shortest_edge": 96, "longest_edge": 160}
     results["sizes"]["tiny test model, 96x128 images (resized to 96x128)"] = bench_size(
         "tiny", tiny_dir, small.parent / "images", "fp32", size, args.tiny_images, args.tiny_images, out

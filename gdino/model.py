@@ -17,6 +17,7 @@ from transformers import (
     AutoImageProcessor,
     AutoModelForZeroShotObjectDetection,
     AutoTokenizer,
+    BertConfig,
     BertTokenizerFast,
     GroundingDinoConfig,
     GroundingDinoForObjectDetection,
@@ -48,6 +49,30 @@ class Detector:
     @property
     def max_text_len(self) -> int:
         return self.model.config.max_text_len
+
+
+def small_config(max_text_len: int = 32) -> GroundingDinoConfig:
+    """The smallest Grounding DINO that transformers 5.x accepts (decoder_layers >= 2), for tests,
+    benchmarks and the notebook: it builds with random weights and downloads nothing."""
+    return GroundingDinoConfig(
+        backbone_config=SwinConfig(
+            embed_dim=16,
+            depths=[1, 1, 1, 1],
+            num_heads=[1, 1, 1, 1],
+            window_size=4,
+            out_features=["stage2", "stage3", "stage4"],
+        ),
+        text_config=BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37),
+        d_model=32,
+        encoder_layers=1,
+        decoder_layers=2,
+        num_queries=10,
+        max_text_len=max_text_len,
+        encoder_ffn_dim=32,
+        decoder_ffn_dim=32,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+    )
 
 
 def idea_config(architecture: str) -> GroundingDinoConfig:

@@ -7,42 +7,19 @@ from pathlib import Path
 import pytest
 import torch
 
+from gdino.model import small_config
+
 VOCAB_DIR = Path(__file__).resolve().parents[2] / "shared" / "models" / "bert-base-uncased"
 needs_vocab = pytest.mark.skipif(
     not (VOCAB_DIR / "vocab.txt").is_file(), reason=f"bert-base-uncased vocab not found at {VOCAB_DIR}"
 )
 
 
-def tiny_config(max_text_len: int = 32):
-    """The smallest Grounding DINO that transformers 5.x accepts (decoder_layers >= 2)."""
-    from transformers import BertConfig, GroundingDinoConfig, SwinConfig
-
-    return GroundingDinoConfig(
-        backbone_config=SwinConfig(
-            embed_dim=16,
-            depths=[1, 1, 1, 1],
-            num_heads=[1, 1, 1, 1],
-            window_size=4,
-            out_features=["stage2", "stage3", "stage4"],
-        ),
-        text_config=BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37),
-        d_model=32,
-        encoder_layers=1,
-        decoder_layers=2,
-        num_queries=10,
-        max_text_len=max_text_len,
-        encoder_ffn_dim=32,
-        decoder_ffn_dim=32,
-        encoder_attention_heads=2,
-        decoder_attention_heads=2,
-    )
-
-
 def tiny_model(seed: int = 0, max_text_len: int = 32):
     from transformers import GroundingDinoForObjectDetection
 
     torch.manual_seed(seed)
-    return GroundingDinoForObjectDetection(tiny_config(max_text_len)).eval()
+    return GroundingDinoForObjectDetection(small_config(max_text_len)).eval()
 
 
 def save_tiny_model_dir(path: Path, seed: int = 0, max_text_len: int = 32) -> Path:

@@ -5,13 +5,13 @@ import torch
 from auto_label_helpers import tiny_assets, write_spec
 from bad_inputs import run_command
 from conftest import TINY_MAL_ARGS
-from gdino_helpers import VOCAB_DIR, needs_vocab, tiny_config, tiny_model, to_idea_layout
+from gdino_helpers import VOCAB_DIR, needs_vocab, tiny_model, to_idea_layout
 from safetensors.torch import save_file
 
 import auto_label.__main__
 import gdino.__main__
 import mal.__main__
-from gdino.model import load_detector
+from gdino.model import load_detector, small_config
 from mal.checkpoint import read_state_dict
 from mal.model import build_mask_net
 
@@ -123,6 +123,6 @@ def test_gdino_prefers_the_safetensors_twin(evil, tmp_path):
     state = to_idea_layout(tiny_model().state_dict())["model"]
     save_file({k: v.contiguous().clone() for k, v in state.items()}, pth.with_suffix(".safetensors"))
     config = tmp_path / "config.json"
-    tiny_config().to_json_file(config)
+    small_config().to_json_file(config)
     detector = load_detector(str(pth), architecture=str(config), tokenizer=str(VOCAB_DIR))
     assert detector.model.config.d_model == 32 and not marker.exists()

@@ -72,20 +72,15 @@ def predict_input(synthetic, tmp_path) -> Path:
     return path
 
 
-def predict(trained, synthetic, ann_path, out_path) -> None:
+def predict(trained, ann_path, image_dir, out_path, *extra: str) -> None:
     cli_main(
         [
             "predict",
             *TINY_MAL_ARGS,
             *logger_args(trained["root"]),
-            "--ckpt_path",
-            trained["last"],
-            "--data.predict_ann_path",
-            str(ann_path),
-            "--data.predict_img_dir",
-            str(synthetic["images"]),
-            "--writer.label_dump_path",
-            str(out_path),
+            *("--ckpt_path", trained["last"], "--data.predict_ann_path", str(ann_path)),
+            *("--data.predict_img_dir", str(image_dir), "--writer.label_dump_path", str(out_path)),
+            *extra,
         ]
     )
 
@@ -100,7 +95,7 @@ def test_fit_writes_checkpoints_metrics_and_overlays(trained):
 def test_predict_writes_one_mask_per_box_following_the_coco_spec(trained, synthetic, tmp_path):
     ann_path = predict_input(synthetic, tmp_path)
     out = tmp_path / "labels.json"
-    predict(trained, synthetic, ann_path, out)
+    predict(trained, ann_path, synthetic["images"], out)
     source, result = json.loads(ann_path.read_text()), json.loads(out.read_text())
     assert result["images"] == source["images"] and result["categories"] == source["categories"]
     by_id = {a["id"]: a for a in result["annotations"]}
@@ -129,13 +124,13 @@ def test_predict_writes_one_mask_per_box_following_the_coco_spec(trained, synthe
     assert "mal_flag" not in by_id[max(by_id)]  # a 1-pixel box goes through the model
 
     again = tmp_path / "again.json"
-    predict(trained, synthetic, ann_path, again)
+    predict(trained, ann_path, synthetic["images"], again)
     assert again.read_bytes() == out.read_bytes()  # same input -> byte-identical output
 
 
 def test_evaluate_and_validate(trained, synthetic, tmp_path):
     out = tmp_path / "labels.json"
-    predict(trained, synthetic, synthetic["val"], out)
+    predict(trained, synthetic["val"], synthetic["images"], out)
     metrics = evaluate_files(str(out), str(synthetic["val"]))
     n = sum(1 for _ in json.loads(synthetic["val"].read_text())["annotations"])
     assert metrics["num_instances"] == n and metrics["missing_predictions"] == 0
@@ -161,21 +156,7 @@ def test_bad_image_is_skipped_and_reported(trained, synthetic, tmp_path):
         (images / p.name).write_bytes(p.read_bytes())
     (images / "val_00002.jpg").write_bytes(b"\xff\xd8\xff truncated")
     out = tmp_path / "labels.json"
-    cli_main(
-        [
-            "predict",
-            *TINY_MAL_ARGS,
-            *logger_args(trained["root"]),
-            "--ckpt_path",
-            trained["last"],
-            "--data.predict_ann_path",
-            str(synthetic["val"]),
-            "--data.predict_img_dir",
-            str(images),
-            "--writer.label_dump_path",
-            str(out),
-        ]
-    )
+    predict(trained, synthetic["val"], images, out)
     errors = [json.loads(line) for line in (tmp_path / "errors.jsonl").read_text().splitlines()]
     assert [e["image_id"] for e in errors] == [2] and "val_00002.jpg" in errors[0]["reason"]
     source = json.loads(synthetic["val"].read_text())["annotations"]
@@ -251,23 +232,7 @@ def test_prediction_options_on_the_command_line_beat_the_checkpoint(trained, syn
     areas = {}
     for threshold in ("0.0", "1.0"):
         out = tmp_path / f"labels_{threshold}.json"
-        cli_main(
-            [
-                "predict",
-                *TINY_MAL_ARGS,
-                *logger_args(trained["root"]),
-                "--ckpt_path",
-                trained["last"],
-                "--data.predict_ann_path",
-                str(synthetic["val"]),
-                "--data.predict_img_dir",
-                str(synthetic["images"]),
-                "--writer.label_dump_path",
-                str(out),
-                "--model.mask_thres",
-                threshold,
-            ]
-        )
+        predict(trained, synthetic["val"], synthetic["images"], out, "--model.mask_thres", threshold)
         areas[threshold] = [a["area"] for a in json.loads(out.read_text())["annotations"]]
     box_pixels = [
         int((np.ceil(x + w) - np.floor(x)) * (np.ceil(y + h) - np.floor(y)))
