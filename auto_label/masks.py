@@ -9,8 +9,7 @@ from pycocotools import mask as mask_utils
 
 def mask_to_rle(mask: np.ndarray) -> dict:
     """Encode an H x W mask as COCO compressed RLE, counts as an ASCII string."""
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"].decode("ascii")}
+    return masks_to_rles(mask[None])[0]
 
 
 def masks_to_rles(masks: np.ndarray) -> list[dict]:

@@ -68,32 +68,6 @@ def check_writable(directory: str | Path, min_free_bytes: int = MIN_FREE_BYTES) 
         )
 
 
-class JsonlWriter:
-    """Append JSON lines to a file, flushed after every batch of records."""
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = self.path.open("w", encoding="utf-8")
-        self.count = 0
-
-    def write(self, records: Iterable[dict]) -> None:
-        for record in records:
-            self._file.write(dumps(record) + "\n")
-            self.count += 1
-        self._file.flush()
-
-    def close(self) -> None:
-        self._file.close()
-
-
-def read_jsonl(path: str | Path) -> Iterator[dict]:
-    with Path(path).open(encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                yield json.loads(line)
-
-
 def _write_array(f, items: Iterable) -> int:
     count = 0
     f.write("[")

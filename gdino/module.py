@@ -177,44 +177,46 @@ class GroundingDinoLabeler(L.LightningModule):
         first: list[list[tuple]] = [[] for _ in items]  # threshold annealing: pass 0's scores per image
         if self.feature_cache is not None:
             self.feature_cache.begin(pixel_values, pixel_mask)
-        for k, step in enumerate(self.passes):
-            plan = plan_pass(image_prompts, vocab.prompt_class, remaining)
-            if not plan:
-                break
-            new: list[list[tuple]] = [[] for _ in items]
-            for prompts, members in plan.items():
-                queried = sorted({vocab.category_ids[vocab.prompt_class[p]] for p in prompts})
-                for i in members:
-                    trace[i].append({"pass": k, "queried": queried})
-                if k > 0 and self.annealing == "threshold":  # no forward: pass 0's scores, this threshold
+        try:
+            for k, step in enumerate(self.passes):
+                plan = plan_pass(image_prompts, vocab.prompt_class, remaining)
+                if not plan:
+                    break
+                new: list[list[tuple]] = [[] for _ in items]
+                for prompts, members in plan.items():
+                    queried = sorted({vocab.category_ids[vocab.prompt_class[p]] for p in prompts})
                     for i in members:
-                        new[i].extend(self._rethreshold(raw, prompts, step) for raw in first[i])
-                    continue
-                threshold_raw = [first[i] for i in members] if self.annealing == "threshold" else None
-                for chunk in self.prompt_tokens.chunks(prompts):
-                    hits = self._query(
-                        pixel_values[members], pixel_mask[members], chunk, step, scale, members, threshold_raw
-                    )
-                    for i, hit in zip(members, hits):
-                        new[i].append(hit)
-            for i, parts in enumerate(new):
-                if not parts:  # not queried in this pass
-                    continue
-                boxes, scores, prompts, thresholds = (torch.cat(t) for t in zip(*parts))
-                if len(boxes) == 0:
-                    continue
-                if step.nms_threshold > 0:  # TAO's per-pass NMS, per class
-                    keep = batched_nms(boxes, scores, prompt_class[prompts], step.nms_threshold).sort().values
-                    boxes, scores, prompts, thresholds = (
-                        boxes[keep],
-                        scores[keep],
-                        prompts[keep],
-                        thresholds[keep],
-                    )
-                remaining[i] -= set(prompt_class[prompts].tolist())
-                found[i].append((boxes, scores, prompts, thresholds, torch.full_like(prompts, k)))
-        if self.feature_cache is not None:
-            self.feature_cache.end()
+                        trace[i].append({"pass": k, "queried": queried})
+                    if k > 0 and self.annealing == "threshold":  # no forward: pass 0's scores, this threshold
+                        for i in members:
+                            new[i].extend(self._rethreshold(raw, prompts, step) for raw in first[i])
+                        continue
+                    threshold_raw = [first[i] for i in members] if self.annealing == "threshold" else None
+                    for chunk in self.prompt_tokens.chunks(prompts):
+                        hits = self._query(
+                            pixel_values[members], pixel_mask[members], chunk, step, scale, members, threshold_raw
+                        )
+                        for i, hit in zip(members, hits):
+                            new[i].append(hit)
+                for i, parts in enumerate(new):
+                    if not parts:  # not queried in this pass
+                        continue
+                    boxes, scores, prompts, thresholds = (torch.cat(t) for t in zip(*parts))
+                    if len(boxes) == 0:
+                        continue
+                    if step.nms_threshold > 0:  # TAO's per-pass NMS, per class
+                        keep = batched_nms(boxes, scores, prompt_class[prompts], step.nms_threshold).sort().values
+                        boxes, scores, prompts, thresholds = (
+                            boxes[keep],
+                            scores[keep],
+                            prompts[keep],
+                            thresholds[keep],
+                        )
+                    remaining[i] -= set(prompt_class[prompts].tolist())
+                    found[i].append((boxes, scores, prompts, thresholds, torch.full_like(prompts, k)))
+        finally:  # also on an out-of-memory error, so that the retry gets the memory back
+            if self.feature_cache is not None:
+                self.feature_cache.end()
         return [self._record(it, height, width, parts, tr) for it, parts, tr in zip(items, found, trace)]
 
     def _rethreshold(self, raw: tuple, prompts: tuple[int, ...], step) -> tuple:

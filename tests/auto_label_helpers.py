@@ -98,15 +98,28 @@ def big_boxes_file(root: Path, num_images: int = 16, seed: int = 0) -> tuple[Pat
     return path, root / "big"
 
 
+def mal_spec_dict(results_dir, checkpoint, ann_path, img_dir, **top) -> dict:
+    """A MAL labeling spec (`top` adds top-level keys such as num_workers)."""
+    return {
+        "autolabel_type": "mal",
+        "results_dir": str(results_dir),
+        **top,
+        "mal": {"checkpoint": str(checkpoint), "inference": {"ann_path": str(ann_path), "img_dir": str(img_dir)}},
+    }
+
+
 def mal_spec(path: Path, results_dir: Path, checkpoint: Path, ann_path: Path, img_dir: Path) -> Path:
-    """A one-image-per-batch MAL labeling spec (so that a run can be stopped between images)."""
-    return write_spec(
-        path,
-        {
-            "autolabel_type": "mal",
-            "results_dir": str(results_dir),
-            "num_workers": 0,
-            "batch_size": 1,
-            "mal": {"checkpoint": str(checkpoint), "inference": {"ann_path": str(ann_path), "img_dir": str(img_dir)}},
-        },
-    )
+    """A one-image-per-batch MAL labeling spec file (so that a run can be stopped between images)."""
+    return write_spec(path, mal_spec_dict(results_dir, checkpoint, ann_path, img_dir, num_workers=0, batch_size=1))
+
+
+def mal_predict_args(checkpoint, ann_path, img_dir, out: Path, *extra: str) -> list[str]:
+    """`mal predict` of the tiny MAL, without loggers, results under `out`'s folder."""
+    return [
+        "predict",
+        *TINY_MAL_ARGS,
+        *("--trainer.logger", "false", f"--trainer.default_root_dir={out.parent}", "--ckpt_path", str(checkpoint)),
+        *("--data.predict_ann_path", str(ann_path), "--data.predict_img_dir", str(img_dir)),
+        *("--writer.label_dump_path", str(out)),
+        *extra,
+    ]

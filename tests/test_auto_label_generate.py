@@ -5,8 +5,8 @@ import subprocess
 import sys
 
 import pytest
-from auto_label_helpers import text2mask_spec, tiny_assets, write_spec
-from conftest import REPO, TINY_MAL_ARGS
+from auto_label_helpers import mal_predict_args, mal_spec_dict, text2mask_spec, tiny_assets, write_spec
+from conftest import REPO
 from gdino_helpers import needs_vocab
 
 from auto_label.__main__ import cli
@@ -22,16 +22,10 @@ def assets(tmp_path_factory):
 
 
 def mal_spec(assets, results_dir, **mal) -> dict:
-    return {
-        "autolabel_type": "mal",
-        "results_dir": str(results_dir),
-        "num_workers": 0,
-        "mal": {
-            "checkpoint": str(assets["mal_checkpoint"]),
-            "inference": {"ann_path": str(assets["boxes"]), "img_dir": str(assets["images"])},
-            **mal,
-        },
-    }
+    """The tiny MAL on the tiny boxes; `mal` adds keys to the spec's `mal` block."""
+    spec = mal_spec_dict(results_dir, assets["mal_checkpoint"], assets["boxes"], assets["images"], num_workers=0)
+    spec["mal"].update(mal)
+    return spec
 
 
 def test_mal_mode_matches_mal_predict_and_writes_a_report(assets, tmp_path, capsys):
@@ -42,23 +36,7 @@ def test_mal_mode_matches_mal_predict_and_writes_a_report(assets, tmp_path, caps
     assert "report:" in printed and "images/s" in printed
 
     reference = tmp_path / "predict.json"  # the same checkpoint through `python -m mal predict`
-    cli_main(
-        [
-            "predict",
-            *TINY_MAL_ARGS,
-            "--trainer.logger",
-            "false",
-            f"--trainer.default_root_dir={tmp_path}",
-            "--ckpt_path",
-            str(assets["mal_checkpoint"]),
-            "--data.predict_ann_path",
-            str(assets["boxes"]),
-            "--data.predict_img_dir",
-            str(assets["images"]),
-            "--writer.label_dump_path",
-            str(reference),
-        ]
-    )
+    cli_main(mal_predict_args(assets["mal_checkpoint"], assets["boxes"], assets["images"], reference))
     assert out.read_bytes() == reference.read_bytes()
 
     labels = load_coco(out, assets["images"])

@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from auto_label_helpers import tiny_assets, write_spec
+from auto_label_helpers import mal_spec_dict, tiny_assets, write_spec
 from bad_inputs import MALFORMED_COCO, run_command
 from conftest import TINY_MAL_ARGS
 
@@ -38,14 +38,7 @@ def gdino_label(assets, ann, out):
 
 def generate(assets, ann, out):
     # likewise a checkpoint that does not exist: the annotation file is refused first
-    spec = {
-        "autolabel_type": "mal",
-        "results_dir": str(out),
-        "mal": {
-            "checkpoint": str(out / "no_checkpoint.ckpt"),
-            "inference": {"ann_path": str(ann), "img_dir": str(assets["images"])},
-        },
-    }
+    spec = mal_spec_dict(out, out / "no_checkpoint.ckpt", ann, assets["images"])
     return auto_label.__main__.main, ["auto_label", "generate", "-e", str(write_spec(out / "spec.yaml", spec))]
 
 

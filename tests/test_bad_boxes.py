@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 import pytest
-from auto_label_helpers import tiny_assets, write_spec
+from auto_label_helpers import mal_predict_args, mal_spec_dict, tiny_assets, write_spec
 from conftest import TINY_MAL_ARGS
 
 from auto_label.__main__ import cli
@@ -78,23 +78,7 @@ def check_every_box(out, odd_boxes) -> dict:
 
 def test_mal_predict_accounts_for_every_odd_box(assets, odd_boxes, tmp_path, capsys):
     out = tmp_path / "labels.json"
-    cli_main(
-        [
-            "predict",
-            *TINY_MAL_ARGS,
-            "--trainer.logger",
-            "false",
-            "--ckpt_path",
-            str(assets["mal_checkpoint"]),
-            "--data.predict_ann_path",
-            str(odd_boxes),
-            "--data.predict_img_dir",
-            str(assets["images"]),
-            "--writer.label_dump_path",
-            str(out),
-            f"--trainer.default_root_dir={tmp_path}",
-        ]
-    )
+    cli_main(mal_predict_args(assets["mal_checkpoint"], odd_boxes, assets["images"], out))
     check_every_box(out, odd_boxes)
     printed = capsys.readouterr().out
     assert "9 boxes on 1 images (2 degenerate boxes" in printed and "3 boxes were clipped" in printed
@@ -103,15 +87,7 @@ def test_mal_predict_accounts_for_every_odd_box(assets, odd_boxes, tmp_path, cap
 
 
 def test_generate_reports_the_odd_boxes(assets, odd_boxes, tmp_path):
-    spec = {
-        "autolabel_type": "mal",
-        "results_dir": str(tmp_path),
-        "num_workers": 0,
-        "mal": {
-            "checkpoint": str(assets["mal_checkpoint"]),
-            "inference": {"ann_path": str(odd_boxes), "img_dir": str(assets["images"])},
-        },
-    }
+    spec = mal_spec_dict(tmp_path, assets["mal_checkpoint"], odd_boxes, assets["images"], num_workers=0)
     report = cli(["generate", "-e", str(write_spec(tmp_path / "spec.yaml", spec))])
     check_every_box(tmp_path / "labels.json", odd_boxes)
     stage = report["stages"][0]

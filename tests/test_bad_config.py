@@ -2,7 +2,7 @@
 
 import pytest
 import yaml
-from auto_label_helpers import tiny_assets, write_spec
+from auto_label_helpers import mal_spec_dict, tiny_assets, write_spec
 from bad_inputs import run_command
 from conftest import TINY_MAL_ARGS
 
@@ -74,14 +74,7 @@ def gdino_cases(assets, tmp_path) -> dict[str, tuple[list[str], str]]:
 
 
 def generate_cases(assets, tmp_path) -> dict[str, tuple[dict, str]]:
-    mal = {
-        "autolabel_type": "mal",
-        "results_dir": str(tmp_path),
-        "mal": {
-            "checkpoint": str(assets["mal_checkpoint"]),
-            "inference": {"ann_path": str(assets["boxes"]), "img_dir": str(assets["images"])},
-        },
-    }
+    mal = mal_spec_dict(tmp_path, assets["mal_checkpoint"], assets["boxes"], assets["images"])
     gdino = {
         "autolabel_type": "grounding_dino",
         "results_dir": str(tmp_path),

@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 import pytest
-from auto_label_helpers import SMALL_RESIZE, tiny_assets, write_spec
+from auto_label_helpers import SMALL_RESIZE, mal_predict_args, mal_spec_dict, tiny_assets, write_spec
 from bad_inputs import PIXEL_LIMIT, run_command, write_bad_images
 from conftest import TINY_MAL_ARGS
 from gdino_helpers import needs_vocab
@@ -30,24 +30,9 @@ def corpus(tmp_path_factory):
 
 
 def predict_args(assets, corpus, out, *extra) -> list[str]:
-    return [
-        "predict",
-        *TINY_MAL_ARGS,
-        "--trainer.logger",
-        "false",
-        "--ckpt_path",
-        str(assets["mal_checkpoint"]),
-        "--data.predict_ann_path",
-        str(corpus["boxes"]),
-        "--data.predict_img_dir",
-        str(corpus["images"]),
-        "--data.max_pixels",
-        str(PIXEL_LIMIT),
-        "--writer.label_dump_path",
-        str(out),
-        f"--trainer.default_root_dir={out.parent}",
-        *extra,
-    ]
+    return mal_predict_args(
+        assets["mal_checkpoint"], corpus["boxes"], corpus["images"], out, "--data.max_pixels", str(PIXEL_LIMIT), *extra
+    )
 
 
 def check_skips(errors: list[dict], expected: dict, key: str = "reason") -> None:
@@ -137,15 +122,7 @@ def test_mal_fit_skips_unreadable_images_and_lists_them(corpus, tmp_path, capsys
 
 
 def test_generate_counts_skipped_images_and_strict_fails(assets, corpus, tmp_path, capsys, monkeypatch):
-    spec = {
-        "autolabel_type": "mal",
-        "results_dir": str(tmp_path / "out"),
-        "num_workers": 0,
-        "mal": {
-            "checkpoint": str(assets["mal_checkpoint"]),
-            "inference": {"ann_path": str(corpus["boxes"]), "img_dir": str(corpus["images"])},
-        },
-    }
+    spec = mal_spec_dict(tmp_path / "out", assets["mal_checkpoint"], corpus["boxes"], corpus["images"], num_workers=0)
     path = write_spec(tmp_path / "spec.yaml", spec)
     report = cli(["generate", "-e", str(path), "--max-pixels", str(PIXEL_LIMIT)])
     check_skips(report["skipped"], corpus["expected"])

@@ -4,7 +4,7 @@ import json
 import os
 
 import pytest
-from auto_label_helpers import tiny_assets, write_spec
+from auto_label_helpers import mal_spec_dict, tiny_assets, write_spec
 from bad_inputs import run_command
 from conftest import TINY_MAL_ARGS
 from gdino_helpers import needs_vocab
@@ -72,15 +72,7 @@ def gdino_label(assets, ann, tree, out):
 
 
 def generate(assets, ann, tree, out):
-    spec = {
-        "autolabel_type": "mal",
-        "results_dir": str(out),
-        "num_workers": 0,
-        "mal": {
-            "checkpoint": str(assets["mal_checkpoint"]),
-            "inference": {"ann_path": ann, "img_dir": str(tree / "images")},
-        },
-    }
+    spec = mal_spec_dict(out, assets["mal_checkpoint"], ann, tree / "images", num_workers=0)
     return auto_label.__main__.main, ["auto_label", "generate", "-e", str(write_spec(out / "spec.yaml", spec))]
 
 

@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from auto_label_helpers import big_boxes_file, mal_spec, tiny_assets, write_spec
+from auto_label_helpers import big_boxes_file, mal_spec, mal_spec_dict, tiny_assets, write_spec
 from bad_inputs import run_command
 from conftest import REPO, TINY_MAL_ARGS
 
@@ -95,14 +95,9 @@ def test_sigkill_mid_write_leaves_the_previous_file_intact(tmp_path, kind):
 
 def unwritable_commands(assets, results, spec_dir):
     """Each command with its results under `results` and, where possible, weights that do not exist."""
-    spec = {
-        "autolabel_type": "mal",
-        "results_dir": str(results),
-        "mal": {
-            "checkpoint": str(spec_dir / "absent.ckpt"),  # the disk is checked first
-            "inference": {"ann_path": str(assets["boxes"]), "img_dir": str(assets["images"])},
-        },
-    }
+    spec = mal_spec_dict(
+        results, spec_dir / "absent.ckpt", assets["boxes"], assets["images"]
+    )  # the disk is checked first
     predict = ["--data.predict_ann_path", str(assets["boxes"]), "--data.predict_img_dir", str(assets["images"])]
     return {
         "mal predict": (
