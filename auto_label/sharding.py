@@ -22,7 +22,8 @@ class ExactShardSampler(DistributedSampler):
     def __init__(self, num_items: int, rank: int = 0, world_size: int = 1, skip: set[int] | frozenset = frozenset()):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside a world of {world_size} processes")
-        self.indices = [i for i in range(rank, num_items, world_size) if i not in skip]
+        # Deal out only what is left, so that a resumed run spreads its remaining work over every rank.
+        self.indices = [i for i in range(num_items) if i not in skip][rank::world_size]
         self.num_replicas, self.rank, self.epoch = world_size, rank, 0
 
     def __iter__(self) -> Iterator[int]:

@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 import pytest
-from auto_label_helpers import text2mask_spec, tiny_assets, write_spec
+from auto_label_helpers import mal_spec_dict, text2mask_spec, tiny_assets, write_spec
 from conftest import REPO
 from gdino_helpers import needs_vocab
 
@@ -30,9 +30,12 @@ def generate_in_processes(spec, processes: int) -> None:
 
 def test_every_item_goes_to_exactly_one_rank():
     shards = [list(ExactShardSampler(7, rank, 3, skip={4})) for rank in range(3)]
-    assert shards == [[0, 3, 6], [1], [2, 5]]
+    assert shards == [[0, 3], [1, 5], [2, 6]]
     assert sorted(i for s in shards for i in s) == [0, 1, 2, 3, 5, 6]  # no padding, no repeat
     assert list(ExactShardSampler(1, 1, 2)) == []
+    # A resumed run whose finished items were all rank 0's still splits what is left evenly.
+    resumed = [list(ExactShardSampler(8, rank, 2, skip={0, 2, 4, 6})) for rank in range(2)]
+    assert resumed == [[1, 5], [3, 7]]
 
 
 @needs_vocab
@@ -61,15 +64,7 @@ def test_a_rank_with_nothing_to_do_does_not_hang(assets, tmp_path):
     data["annotations"] = [a for a in data["annotations"] if a["image_id"] == data["images"][0]["id"]]
     one_image = tmp_path / "one_image.json"
     one_image.write_text(json.dumps(data))
-    spec = {
-        "autolabel_type": "mal",
-        "results_dir": str(tmp_path / "out"),
-        "num_workers": 0,
-        "mal": {
-            "checkpoint": str(assets["mal_checkpoint"]),
-            "inference": {"ann_path": str(one_image), "img_dir": str(assets["images"])},
-        },
-    }
+    spec = mal_spec_dict(tmp_path / "out", assets["mal_checkpoint"], one_image, assets["images"], num_workers=0)
     generate_in_processes(write_spec(tmp_path / "s.yaml", spec), 2)
     labels = json.loads((tmp_path / "out" / "labels.json").read_text())
     assert [a["id"] for a in labels["annotations"]] == [a["id"] for a in data["annotations"]]
