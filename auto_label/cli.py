@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 from collections.abc import Callable
 
@@ -31,10 +32,18 @@ def report_error(error: BaseException, prefix: str = "error") -> None:
 
 
 def run_guarded(main: Callable[[list[str]], None]) -> None:
-    """Call `main(sys.argv[1:])`; user-facing errors print `error: ...` and exit 2 unless `--debug` is given."""
+    """Call `main(sys.argv[1:])`; user-facing errors print `error: ...` and exit 2 unless `--debug` is given.
+    Ctrl-C exits 130, as shells expect, also where Lightning turns the interrupt into its own exit status 1."""
     argv, debug = pop_debug(sys.argv)
     sys.argv = argv
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    interrupted = []
+
+    def on_sigint(signum, frame):
+        interrupted.append(signum)
+        signal.default_int_handler(signum, frame)  # raises KeyboardInterrupt, as without this handler
+
+    signal.signal(signal.SIGINT, on_sigint)
     try:
         main(argv[1:])
     except USER_ERRORS as e:
@@ -45,3 +54,7 @@ def run_guarded(main: Callable[[list[str]], None]) -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except SystemExit:
+        if interrupted:
+            sys.exit(130)
+        raise

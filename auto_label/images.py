@@ -11,6 +11,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+IMAGENET_MEAN = [0.485, 0.456, 0.406]  # per-channel RGB statistics of ImageNet, on a 0..1 scale
+IMAGENET_STD = [0.229, 0.224, 0.225]
+
 DEFAULT_MAX_PIXELS = 178_956_970  # PIL's own decompression-bomb limit
 Image.MAX_IMAGE_PIXELS = None  # the limit is ours to apply, per call, before decoding
 

@@ -6,7 +6,8 @@ batch. A run killed at any moment (SIGKILL included) leaves complete lines plus 
 line per file: the partial line is ignored when reading and cut off before a rank appends again. The
 keys present tell a restarted run what to skip. The merge reads all shards, whatever number of ranks or
 attempts wrote them, and yields the records in key order, each key once; it holds only a compact index
-(key, file, offset) in memory, never the records.
+(file, offset) in memory, never the records. Reading the keys (to resume, or to build that index) parses
+only the start of a line whose first field is the key, as the labelers write their records.
 
 A manifest (`run.json`) records what produced the shards; a restart with other inputs or settings is
 refused instead of silently mixing two runs.
@@ -17,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import shutil
 import sys
 from array import array
@@ -77,6 +79,26 @@ def _complete_size(path: Path) -> int:
     return size
 
 
+# a shard line as `dumps` writes it starts with the key, an integer: `{"index":12,...`
+_INT = re.compile(rb"-?(?:0|[1-9][0-9]*)(?=[,}])")
+
+
+def _not_a_record(path: Path, number: int, reason) -> ShardError:
+    return ShardError(f"{path}: line {number}: not a result record ({reason}); rerun with --fresh")
+
+
+def _parse_key(path: Path, number: int, line: bytes, key: str) -> int:
+    """The key of a shard line that does not start with it: parse the whole record."""
+    try:
+        return json.loads(line)[key]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+        raise _not_a_record(path, number, e) from None
+
+
+def _line_number(path: Path, offset: int) -> int:
+    return next(number for number, start, _ in _complete_lines(path) if start == offset)
+
+
 class ShardStore:
     """A folder of per-rank JSONL shards keyed by the integer field `key` of each record."""
 
@@ -109,21 +131,20 @@ class ShardStore:
                 "start over with --fresh (or delete that folder) to discard them"
             )
 
-    def _records_with_offsets(self) -> Iterator[tuple[int, int, int, dict]]:
+    def _keys_with_offsets(self) -> Iterator[tuple[int, int, int]]:
+        """(file index, byte offset, key) of every complete line, reading each key without parsing the record."""
+        prefix = ("{" + dumps(self.key) + ":").encode()
         for file_index, path in enumerate(self.shards()):
             for number, offset, line in _complete_lines(path):
-                try:
-                    record = json.loads(line)
-                    key = record[self.key]
-                except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
-                    raise ShardError(f"{path}: line {number}: not a result record ({e}); rerun with --fresh") from None
-                yield file_index, offset, key, record
+                match = _INT.match(line, len(prefix)) if line.startswith(prefix) else None
+                key = int(match[0]) if match else _parse_key(path, number, line, self.key)
+                yield file_index, offset, key
 
     def done_keys(self) -> set[int]:
         """Keys of the items whose results are complete on disk."""
         if not self.directory.is_dir():
             return set()
-        return {key for _, _, key, _ in self._records_with_offsets()}
+        return {key for _, _, key in self._keys_with_offsets()}
 
     def open(self, rank: int) -> None:
         """Start appending this rank's results, first cutting off a partial last line a kill left behind."""
@@ -144,30 +165,56 @@ class ShardStore:
             self._file.close()
             self._file = None
 
+    def index(self) -> MergedShards:
+        """Scan the shards once; the result can be read in key order as many times as wanted."""
+        return MergedShards(self)
+
     def merged(self) -> Iterator[dict]:
         """All records in key order, each key once (a key written twice, by two attempts, is the same item)."""
-        files, offsets, keys = array("q"), array("q"), array("q")  # 24 bytes an item
-        for file_index, offset, key, _ in self._records_with_offsets():
-            files.append(file_index)
-            offsets.append(offset)
-            keys.append(key)
-        order = np.argsort(np.frombuffer(keys, dtype=np.int64), kind="stable")
-        handles = [p.open("rb") for p in self.shards()]
-        try:
-            previous = None
-            for i in order:
-                if keys[i] == previous:
-                    continue
-                previous = keys[i]
-                handle = handles[files[i]]
-                handle.seek(offsets[i])
-                yield json.loads(handle.readline())
-        finally:
-            for handle in handles:
-                handle.close()
+        yield from self.index()
 
     def remove(self) -> None:
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+class MergedShards:
+    """The records of a ShardStore in key order, each key once, read from disk on every iteration.
+
+    Built by one scan that reads only each line's key; what stays in memory is the file and byte
+    offset of every kept line (16 bytes an item), never the records.
+    """
+
+    def __init__(self, store: ShardStore):
+        self.paths = store.shards()
+        files, offsets, keys = array("q"), array("q"), array("q")
+        for file_index, offset, key in store._keys_with_offsets():
+            files.append(file_index)
+            offsets.append(offset)
+            keys.append(key)
+        keys = np.frombuffer(keys, dtype=np.int64)
+        order = np.argsort(keys, kind="stable")  # a key written twice keeps its first line
+        first = np.ones(len(order), dtype=bool)
+        first[1:] = keys[order[1:]] != keys[order[:-1]]
+        order = order[first]
+        self.files = np.frombuffer(files, dtype=np.int64)[order]
+        self.offsets = np.frombuffer(offsets, dtype=np.int64)[order]
+
+    def __iter__(self) -> Iterator[dict]:
+        handles = [p.open("rb") for p in self.paths]
+        try:
+            for file_index, offset in zip(self.files, self.offsets):
+                handle = handles[file_index]
+                handle.seek(offset)
+                line = handle.readline()
+                try:
+                    record = json.loads(line)
+                except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                    path = self.paths[file_index]
+                    raise _not_a_record(path, _line_number(path, offset), e) from None
+                yield record
+        finally:
+            for handle in handles:
+                handle.close()
 
 
 class ShardedPredictionWriter(BasePredictionWriter):

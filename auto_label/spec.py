@@ -16,10 +16,9 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-AUTOLABEL_TYPES = ("mal", "grounding_dino", "text2mask")
+from auto_label.images import IMAGENET_MEAN, IMAGENET_STD
 
-IMAGENET_MEAN = [0.485, 0.456, 0.406]
-IMAGENET_STD = [0.229, 0.224, 0.225]
+AUTOLABEL_TYPES = ("mal", "grounding_dino", "text2mask")
 
 SCHEMA = {
     "autolabel_type": "mal",

@@ -132,7 +132,7 @@ class GroundingDinoLabeler(L.LightningModule):
             attention_mask=torch.ones_like(input_ids),
             token_type_ids=torch.zeros_like(input_ids),
         )
-        positive_map = chunk.positive_map(out.logits.shape[-1]).to(self.device)
+        positive_map = chunk.positive_map(out.logits.shape[-1], self.device)
         return out.logits.float().sigmoid() @ positive_map.T, out.pred_boxes.float()
 
     def _query(self, pixel_values, pixel_mask, chunk, step, scale, rows=None, raw=None) -> list[tuple]:

@@ -9,7 +9,7 @@ phrase matching (which re-spaces "t-shirt" and merges neighbouring classes) and 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -51,13 +51,21 @@ class Chunk:
     input_ids: tuple[int, ...]
     spans: tuple[tuple[int, int], ...]
     caption: str  # human-readable, for logs and output only; the model sees `input_ids`
+    _maps: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
-    def positive_map(self, max_text_len: int) -> torch.Tensor:
-        """(prompts x max_text_len), each row uniform over its span so that scores average the tokens."""
-        pmap = torch.zeros(len(self.spans), max_text_len)
-        for row, (start, end) in enumerate(self.spans):
-            pmap[row, start:end] = 1.0 / (end - start)
-        return pmap
+    def positive_map(self, max_text_len: int, device: torch.device | str | None = None) -> torch.Tensor:
+        """(prompts x max_text_len), each row uniform over its span so that scores average the tokens.
+
+        Built once per length and device and kept with the chunk (chunks are cached and reused for every
+        batch, pass and annealing step): treat the result as read-only.
+        """
+        key = (max_text_len, None if device is None else torch.device(device))
+        if key not in self._maps:
+            pmap = torch.zeros(len(self.spans), max_text_len)
+            for row, (start, end) in enumerate(self.spans):
+                pmap[row, start:end] = 1.0 / (end - start)
+            self._maps[key] = pmap if device is None else pmap.to(device)
+        return self._maps[key]
 
 
 class PromptTokenizer:

@@ -15,7 +15,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-from auto_label.shards import ShardedPredictionWriter, weights_digest
+from auto_label.shards import MergedShards, ShardedPredictionWriter, weights_digest
 from auto_label.visualize import draw_overlay, save_rgb
 from auto_label.writers import atomic_write, check_writable, dumps, write_coco
 
@@ -101,11 +101,12 @@ class CocoPredictionWriter(ShardedPredictionWriter):
         save_rgb(path, overlay)
 
     def merge(self, trainer) -> dict:
-        """Two streaming passes over the shards: image list and errors, then annotations."""
+        """Two streaming passes over the shards, scanned once: image list and errors, then annotations."""
         vocabulary = trainer.datamodule.vocabulary
+        shards = self.store.index()
         images, errors, this_run = [], [], {"images": 0, "boxes": 0}
         with atomic_write(self.errors_path) as errors_file:
-            for record in self.store.merged():
+            for record in shards:
                 if "error" in record:
                     errors.append({"file_name": record["file_name"], "error": record["error"]})
                     errors_file.write(dumps(errors[-1]) + "\n")
@@ -123,13 +124,13 @@ class CocoPredictionWriter(ShardedPredictionWriter):
                     )
         header = {"images": images, "categories": vocabulary.categories}
         if self.odvg_path is None:
-            count = write_coco(self.output, header, self._annotations(None, vocabulary))
+            count = write_coco(self.output, header, self._annotations(shards, None, vocabulary))
         else:
             labelmap = {str(i): name for i, name in enumerate(vocabulary.class_names)}
             with atomic_write(self.odvg_path.with_name("labelmap.json")) as f:
                 f.write(json.dumps(labelmap, indent=1, ensure_ascii=False) + "\n")
             with atomic_write(self.odvg_path) as odvg:
-                count = write_coco(self.output, header, self._annotations(odvg, vocabulary))
+                count = write_coco(self.output, header, self._annotations(shards, odvg, vocabulary))
         print(
             f"Grounding DINO labelled {len(images)} images with {count} boxes; wrote {self.output}"
             + (f"; {len(errors)} images skipped, listed in {self.errors_path}" if errors else "")
@@ -143,11 +144,11 @@ class CocoPredictionWriter(ShardedPredictionWriter):
             "output": str(self.output),
         }
 
-    def _annotations(self, odvg, vocabulary) -> Iterator[dict]:
+    def _annotations(self, shards: MergedShards, odvg, vocabulary) -> Iterator[dict]:
         """COCO annotations in merge order with ids 1..N; ODVG lines written along the way."""
         label_of = {cid: i for i, cid in enumerate(vocabulary.category_ids)}
         ann_id = 0
-        for record in self.store.merged():
+        for record in shards:
             if "error" in record:
                 continue
             if odvg is not None:

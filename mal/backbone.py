@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import timm
 import torch
-from timm.layers import PatchEmbed
+from timm.layers import PatchEmbed, use_fused_attn
 from torch import nn
 
 # TAO spec names -> timm names
@@ -63,8 +63,27 @@ def create_vit(
     return model
 
 
+def cpu_bf16_autocast(images: torch.Tensor) -> bool:
+    return (
+        images.device.type == "cpu"
+        and torch.is_autocast_enabled("cpu")
+        and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    )
+
+
+def select_attention_kernel(vit: nn.Module, images: torch.Tensor) -> None:
+    """Under bf16 autocast on a CPU, PyTorch's fused (flash) attention kernel is no faster than in fp32, while
+    plain bf16 matmuls + softmax run ViT attention at crop-size token counts 1.7x faster (BENCHMARKS.md):
+    use timm's unfused path there, and the fused kernel everywhere else (fp32 on a CPU, any GPU)."""
+    fused = use_fused_attn() and not cpu_bf16_autocast(images)
+    for module in vit.modules():
+        if hasattr(module, "fused_attn"):
+            module.fused_attn = fused
+
+
 def feature_map(vit: nn.Module, images: torch.Tensor) -> torch.Tensor:
     """Encode B x 3 x S x S images to a B x C x S/p x S/p map (class and register tokens dropped)."""
+    select_attention_kernel(vit, images)
     tokens = vit.forward_features(images)[:, vit.num_prefix_tokens :]
     side = images.shape[-1] // vit.patch_embed.patch_size[0]
     return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], side, side)

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.detection import MeanAveragePrecision
 
+from auto_label.images import IMAGENET_MEAN, IMAGENET_STD
 from auto_label.masks import box_mask
 from auto_label.oom import map_chunks
 from auto_label.tracking import log_image
@@ -25,9 +26,6 @@ from mal.metrics import MaskIoUMetric, mask_ious
 from mal.model import build_mask_net
 
 log = logging.getLogger(__name__)
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def is_degenerate(box_xyxy, height: int, width: int) -> bool:

@@ -57,6 +57,10 @@ def test_positive_map_matches_hand_computed_spans(tokenizer):
     # class scores are token probabilities averaged over the span
     probs = torch.linspace(0, 1, 12)[None]
     assert torch.allclose(probs @ pmap.T, torch.stack([probs[0, 1], probs[0, 3:5].mean(), probs[0, 6:9].mean()])[None])
+    # built once per length and device, and the chunk still compares and hashes by its tokens
+    assert chunk.positive_map(12) is pmap and chunk.positive_map(12, "cpu") is chunk.positive_map(12, "cpu")
+    assert torch.equal(chunk.positive_map(12, "cpu"), pmap) and chunk.positive_map(16).shape == (3, 16)
+    assert chunk == packer._chunk([0, 1, 2]) and hash(chunk) == hash(packer._chunk([0, 1, 2]))
 
 
 @pytest.mark.parametrize("max_text_len", [256, 32])

@@ -4,7 +4,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from mal.backbone import create_vit
+from mal.backbone import create_vit, feature_map
 from mal.checkpoint import CheckpointError, load_pretrained, read_state_dict
 from mal.decoder import size_bucket
 from mal.model import build_mask_net
@@ -32,6 +32,22 @@ def test_conv_stem_keeps_mal_key_layout_and_output_shape():
     keys = net.backbone.state_dict().keys()
     assert {"patch_embed.proj.0.0.weight", "patch_embed.proj.3.1.bias", "patch_embed.proj.4.weight"} <= set(keys)
     assert net(torch.randn(2, 3, 64, 64), torch.tensor([10.0, 1e5]), 32).shape == (2, 1, 32, 32)
+
+
+def test_cpu_bf16_uses_unfused_attention_with_the_same_result():
+    vit = create_vit("vit_tiny_patch16_224", 64, **TINY).eval()
+    attentions = [m for m in vit.modules() if hasattr(m, "fused_attn")]
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        fused = feature_map(vit, images)
+        assert all(m.fused_attn for m in attentions)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            bf16 = feature_map(vit, images).float()
+        assert not any(m.fused_attn for m in attentions)
+        again = feature_map(vit, images)  # fp32 again: back to the fused kernel
+    assert all(m.fused_attn for m in attentions)
+    torch.testing.assert_close(again, fused)
+    assert (bf16 - fused).abs().max() < 0.1 * fused.abs().max()
 
 
 def test_size_buckets_cover_every_area():

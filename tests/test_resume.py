@@ -108,3 +108,27 @@ def test_shards_of_a_different_run_are_refused(tmp_path):
     store.check({"input": "abc", "model": {"mask_thres": 0.1}})
     with pytest.raises(ShardError, match="different model; start over with --fresh"):
         store.check({"input": "abc", "model": {"mask_thres": 0.5}})
+
+
+def test_keys_are_read_from_the_line_start_and_any_other_layout_still_works(tmp_path):
+    store = ShardStore(tmp_path / "shards", "key")
+    store.open(0)
+    store.write([{"key": 12, "v": [1, {"key": 0}]}, {"key": -3, "v": "é"}])
+    store.close()
+    with (tmp_path / "shards" / "rank00001.jsonl").open("w") as f:
+        f.write('{"v": "key first", "key": 5}\n{"key" : 7}\n{"key":12,"v":"a second attempt"}\n')
+    assert store.done_keys() == {-3, 5, 7, 12}
+    merged = store.index()
+    expected = [{"key": -3, "v": "é"}, {"key": 5, "v": "key first"}, {"key": 7}, {"key": 12, "v": [1, {"key": 0}]}]
+    assert list(merged) == list(merged) == list(store.merged()) == expected  # one scan, read as often as needed
+
+
+def test_a_damaged_complete_line_is_named_when_merging(tmp_path):
+    (tmp_path / "shards").mkdir()
+    (tmp_path / "shards" / "rank00000.jsonl").write_text('{"key":1}\n{"key":2,"v":\n{"key":0}\n')
+    store = ShardStore(tmp_path / "shards", "key")
+    with pytest.raises(ShardError, match=r"rank00000.jsonl: line 2: not a result record"):
+        list(store.merged())
+    (tmp_path / "shards" / "rank00000.jsonl").write_text('{"key":1}\n{"other":2}\n')
+    with pytest.raises(ShardError, match=r"rank00000.jsonl: line 2: not a result record \('key'\)"):
+        store.done_keys()
