@@ -47,13 +47,20 @@ def expand_box(box_xyxy, margins) -> tuple[int, int, int, int]:
     return ex0, ey0, ex1, ey1
 
 
-def crop_wrapped(image: np.ndarray, crop_box: tuple[int, int, int, int]) -> np.ndarray:
-    """Cut `crop_box` out of an H x W x C image; pixels outside wrap around the image (no zero padding)."""
-    x0, y0, x1, y1 = crop_box
-    height, width = image.shape[:2]
-    rows = np.arange(y0, y1) % height
-    cols = np.arange(x0, x1) % width
-    return image[rows[:, None], cols[None, :]]
+def crop_wrapped(image: torch.Tensor, crop_box) -> torch.Tensor:
+    """Cut `crop_box` out of a C x H x W image; pixels outside wrap around the image (no zero padding)."""
+    x0, y0, x1, y1 = (int(v) for v in crop_box)
+    height, width = image.shape[-2:]
+    if x0 >= 0 and y0 >= 0 and x1 <= width and y1 <= height:
+        return image[:, y0:y1, x0:x1]
+    rows = torch.arange(y0, y1, device=image.device) % height
+    cols = torch.arange(x0, x1, device=image.device) % width
+    return image[:, rows[:, None], cols[None, :]]
+
+
+def resize_crop(crop: torch.Tensor, size: int) -> torch.Tensor:
+    """C x h x w -> C x size x size float, bilinear with antialiasing (an area average when shrinking)."""
+    return F.interpolate(crop[None].float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
 
 
 def box_mask_in_crop(box_xyxy, crop_box, size: int) -> torch.Tensor:
@@ -69,14 +76,35 @@ def box_mask_in_crop(box_xyxy, crop_box, size: int) -> torch.Tensor:
 
 
 def resize_crops(image: torch.Tensor, crop_boxes: torch.Tensor, size: int) -> torch.Tensor:
-    """Crop and resize many boxes of one image at once: C x H x W -> N x C x size x size (float).
+    """Crop and resize many boxes of one C x H x W image at once: N x C x size x size (float).
 
-    Pixels outside the image read as zero. Sampling several points per output pixel when shrinking
-    approximates the area average that an antialiased resize gives; the number of points is chosen per
-    box (ceil(longest side / size), at most 8), so a box's crop does not depend on the other boxes.
+    Pixels outside the image wrap around it, as in training crops. On a CPU every crop is made exactly as a
+    training crop is (`crop_wrapped` + `resize_crop`): there this is about 5x faster than `roi_align` with
+    the several samples per output pixel that shrinking a large box needs (BENCHMARKS.md). On other devices
+    all crops come from batched `roi_align` calls (`roi_align_crops`). Either way a box's crop does not
+    depend on the other boxes.
     """
+    boxes = crop_boxes.reshape(-1, 4)
+    if image.device.type != "cpu":
+        return roi_align_crops(image, boxes, size)
+    crops = [resize_crop(crop_wrapped(image, box), size) for box in boxes.tolist()]
+    return torch.stack(crops) if crops else torch.zeros(0, image.shape[0], size, size, device=image.device)
+
+
+def roi_align_crops(image: torch.Tensor, crop_boxes: torch.Tensor, size: int) -> torch.Tensor:
+    """`resize_crops` in one `roi_align` per sampling ratio, on the image padded by wrapping around its borders.
+
+    Sampling several points per output pixel when shrinking approximates the area average of the antialiased
+    resize; the number of points is chosen per box (ceil(longest side / size), at most 8).
+    """
+    height, width = image.shape[1:]
     boxes = crop_boxes.to(device=image.device, dtype=torch.float32).reshape(-1, 4)
-    source = image[None].float()
+    if len(boxes) == 0:
+        return torch.zeros(0, image.shape[0], size, size, device=image.device)
+    pad_x = int(min(width, max(0, -boxes[:, 0].min(), boxes[:, 2].max() - width)))
+    pad_y = int(min(height, max(0, -boxes[:, 1].min(), boxes[:, 3].max() - height)))
+    source = F.pad(image[None].float(), (pad_x, pad_x, pad_y, pad_y), mode="circular")
+    boxes = boxes + torch.tensor([pad_x, pad_y, pad_x, pad_y], device=image.device, dtype=torch.float32)
     sampling = ((boxes[:, 2:] - boxes[:, :2]).amax(dim=1) / size).ceil().clamp(1, 8).long()
     crops = source.new_empty((len(boxes), image.shape[0], size, size))
     for ratio in sampling.unique().tolist():  # one roi_align per sampling ratio (a few at most)

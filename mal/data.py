@@ -14,7 +14,6 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
@@ -24,7 +23,15 @@ from auto_label.masks import segmentation_to_mask
 from auto_label.sharding import ExactShardSampler
 from auto_label.shards import StrictSkipError
 from auto_label.writers import write_jsonl
-from mal.crops import box_mask_in_crop, crop_wrapped, expand_box, fixed_margins, random_margins, xywh_to_xyxy
+from mal.crops import (
+    box_mask_in_crop,
+    crop_wrapped,
+    expand_box,
+    fixed_margins,
+    random_margins,
+    resize_crop,
+    xywh_to_xyxy,
+)
 
 log = logging.getLogger(__name__)
 
@@ -80,19 +87,8 @@ class BoxCropDataset(Dataset):
         rng = np.random.default_rng([torch.initial_seed() % 2**32, i])
         box = clip_box(xywh_to_xyxy(ann["bbox"]), image.shape[1], image.shape[0])
         crop_box = expand_box(box, random_margins(rng, self.margin_rate))
-        crop = torch.from_numpy(np.ascontiguousarray(crop_wrapped(image, crop_box))).permute(2, 0, 1)
-        crop = (
-            F.interpolate(
-                crop[None].float(),
-                size=(self.crop_size, self.crop_size),
-                mode="bilinear",
-                antialias=True,
-                align_corners=False,
-            )[0]
-            .round()
-            .clamp(0, 255)
-            .to(torch.uint8)
-        )
+        crop = crop_wrapped(torch.from_numpy(image).permute(2, 0, 1), crop_box)
+        crop = resize_crop(crop, self.crop_size).round().clamp(0, 255).to(torch.uint8)
         box_mask = box_mask_in_crop(box, crop_box, self.crop_size)[None]
         if rng.random() < 0.5:
             crop, box_mask = crop.flip(-1), box_mask.flip(-1)

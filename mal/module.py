@@ -250,19 +250,10 @@ class MALModule(L.LightningModule):
         return self.predict_images([sample])[0]
 
     def _crop_source(self, sample: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One image on the device wrapped around its borders, its crop boxes in that frame, its box areas."""
-        image = sample["image"].to(self.device)
-        height, width = image.shape[1:]
-        boxes, crop_boxes = sample["boxes"], sample["crop_boxes"]
-        if len(boxes) == 0:
-            return image.float(), crop_boxes, torch.zeros(0, device=self.device)
-        # Wrap the image around its borders, as training crops do, so crop pixels outside it are not black.
-        pad_x = int(min(width, max(0, -crop_boxes[:, 0].min(), crop_boxes[:, 2].max() - width)))
-        pad_y = int(min(height, max(0, -crop_boxes[:, 1].min(), crop_boxes[:, 3].max() - height)))
-        padded = F.pad(image[None].float(), (pad_x, pad_x, pad_y, pad_y), mode="circular")[0]
-        shift = torch.tensor([pad_x, pad_y, pad_x, pad_y])
+        """One image on the device, its crop boxes, its box areas."""
+        boxes = sample["boxes"]
         areas = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).float().to(self.device)
-        return padded, crop_boxes + shift, areas
+        return sample["image"].to(self.device), sample["crop_boxes"], areas
 
     @torch.no_grad()
     def predict_images(self, samples: list[dict]) -> list[list[dict]]:
@@ -283,8 +274,8 @@ class MALModule(L.LightningModule):
         def forward(chunk: slice) -> torch.Tensor:
             crops = []
             for i, group in itertools.groupby(owners[chunk], key=lambda owner: owner[0]):
-                padded, crop_boxes, _ = sources[i]
-                crops.append(resize_crops(padded, crop_boxes[[j for _, j in group]], hp.crop_size))
+                image, crop_boxes, _ = sources[i]
+                crops.append(resize_crops(image, crop_boxes[[j for _, j in group]], hp.crop_size))
             return net(self.normalise(torch.cat(crops)), areas[chunk], hp.loss_size)[:, 0].float()
 
         logits = map_chunks(forward, len(owners), hp.max_boxes_per_forward)  # fewer boxes at once on OOM

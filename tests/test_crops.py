@@ -8,7 +8,9 @@ from mal.crops import (
     fixed_margins,
     paste_region,
     random_margins,
+    resize_crop,
     resize_crops,
+    roi_align_crops,
 )
 from mal.module import full_masks
 
@@ -26,9 +28,9 @@ def test_random_margins_are_gated_and_in_range():
 
 
 def test_crop_wraps_around_the_image():
-    image = np.arange(12).reshape(3, 4, 1)
-    crop = crop_wrapped(image, (-1, -1, 2, 1))
-    assert crop[..., 0].tolist() == [[11, 8, 9], [3, 0, 1]]
+    image = torch.arange(12).reshape(1, 3, 4)
+    assert crop_wrapped(image, (-1, -1, 2, 1))[0].tolist() == [[11, 8, 9], [3, 0, 1]]
+    assert crop_wrapped(image, (1, 1, 3, 3))[0].tolist() == [[5, 6], [9, 10]]  # inside: a plain slice
 
 
 def test_crop_and_paste_round_trip_lands_on_the_box():
@@ -48,7 +50,21 @@ def test_crop_and_paste_round_trip_lands_on_the_box():
 
 def test_batched_resize_matches_the_crop():
     image = torch.arange(3 * 40 * 50, dtype=torch.float32).reshape(3, 40, 50)
-    crops = resize_crops(image, torch.tensor([[10, 5, 20, 15], [0, 0, 50, 40]]), 10)
-    assert crops.shape == (2, 3, 10, 10)
-    assert torch.allclose(crops[0], image[:, 5:15, 10:20])  # same size: an exact copy
-    assert torch.allclose(crops[1].mean(), image.mean(), rtol=1e-3)
+    boxes = torch.tensor([[10, 5, 20, 15], [0, 0, 50, 40]])
+    for crops in (resize_crops(image, boxes, 10), roi_align_crops(image, boxes, 10)):
+        assert crops.shape == (2, 3, 10, 10)
+        assert torch.allclose(crops[0], image[:, 5:15, 10:20])  # same size: an exact copy
+        assert torch.allclose(crops[1].mean(), image.mean(), rtol=1e-3)
+
+
+def test_prediction_crops_are_made_like_training_crops():
+    """On a CPU a prediction crop is the training crop (before its rounding to uint8); the batched roi_align
+    path used on other devices approximates it."""
+    ys, xs = torch.meshgrid(torch.arange(90.0), torch.arange(120.0), indexing="ij")
+    image = torch.stack([127 + 100 * torch.sin(xs / 7) * torch.cos(ys / (9 + c)) for c in range(3)]).to(torch.uint8)
+    boxes = torch.tensor([[10, 5, 70, 50], [-30, -10, 100, 95], [0, 0, 120, 90], [60, 40, 64, 43]])
+    crops = resize_crops(image, boxes, 32)
+    for box, crop in zip(boxes.tolist(), crops):
+        assert torch.equal(crop, resize_crop(crop_wrapped(image, box), 32))
+    approx = roi_align_crops(image, boxes, 32)
+    assert (approx - crops).abs().mean() < 0.05 * crops.std()
