@@ -21,9 +21,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from gdino_label import VOCAB_DIR, save_model, tiny_test_config  # noqa: E402
+from gdino_label import VOCAB_DIR, save_model  # noqa: E402
 
 from auto_label.synthetic import make_synthetic_coco  # noqa: E402
+from gdino.model import small_config  # noqa: E402
 
 WRAPPER = """
 import json, resource, runpy, sys, time
@@ -74,7 +75,9 @@ def main() -> None:
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     results = {"command": "python benchmarks/memory.py " + " ".join(sys.argv[1:]), "runs": {}}
-    gdino_model = save_model(out / "tiny_gdino", tiny_test_config()) if (VOCAB_DIR / "vocab.txt").is_file() else None
+    gdino_model = None
+    if (VOCAB_DIR / "vocab.txt").is_file():
+        gdino_model = save_model(out / "tiny_gdino", small_config(max_text_len=256))
     for n in args.sizes:
         start = time.perf_counter()
         ann = make_synthetic_coco(out / f"synthetic{n}", n, 64, 80, max_objects=3, seed=0)
