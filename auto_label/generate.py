@@ -183,6 +183,7 @@ def build_gdino(spec: Spec) -> GroundingDinoLabeler:
         architecture=architecture,
         tokenizer=tokenizer,
         iteration_scheduler=spec.to_dict()["grounding_dino"]["iteration_scheduler"],
+        annealing=spec.get("grounding_dino.annealing"),
         image_size=None if sizes == (800, 1333) else {"shortest_edge": sizes[0], "longest_edge": sizes[1]},
     )
     for key in ("num_queries", "max_text_len"):

@@ -19,6 +19,7 @@ from omegaconf.errors import OmegaConfBaseException
 from auto_label.images import IMAGENET_MEAN, IMAGENET_STD
 
 AUTOLABEL_TYPES = ("mal", "grounding_dino", "text2mask")
+ANNEALING_MODES = ("requery", "threshold")
 
 SCHEMA = {
     "autolabel_type": "mal",
@@ -105,6 +106,7 @@ SCHEMA = {
         "results_dir": None,
         "visualize": True,
         "iteration_scheduler": [{"conf_threshold": 0.5, "nms_threshold": 0.0}],
+        "annealing": "requery",  # ours, not TAO's: requery (TAO's semantics) | threshold (one forward)
         "model": {
             "backbone": "swin_tiny_224_1k",
             "num_queries": 900,
@@ -318,3 +320,9 @@ def _validate_values(spec: Spec, kind: str) -> None:
             build_schedule(spec.to_dict()["grounding_dino"]["iteration_scheduler"], None)
         except ValueError as e:
             raise SpecError(f"{spec.source}: grounding_dino.iteration_scheduler: {e}") from None
+        annealing = spec.get("grounding_dino.annealing")
+        if annealing not in ANNEALING_MODES:
+            raise SpecError(
+                f"{spec.source}: grounding_dino.annealing must be one of {', '.join(ANNEALING_MODES)}, "
+                f"got {annealing!r}"
+            )

@@ -11,8 +11,9 @@ from gdino_helpers import needs_vocab
 
 from auto_label.__main__ import cli
 from auto_label.coco import load_coco
+from auto_label.generate import build_gdino
 from auto_label.masks import segmentation_to_mask
-from auto_label.spec import SpecError
+from auto_label.spec import SpecError, load_spec
 from mal.__main__ import cli_main
 
 
@@ -92,6 +93,15 @@ def test_text2mask_keeps_boxes_and_both_scores(assets, tmp_path):
     assert [s["name"] for s in report["stages"]] == ["grounding_dino", "mal"]
     assert (tmp_path / "out" / "grounding_dino" / "final_annotation.jsonl").is_file()
     assert not list((tmp_path / "out").rglob(".*shards"))
+
+
+@needs_vocab
+def test_grounding_dino_annealing_mode_comes_from_the_spec(assets, tmp_path):
+    """`grounding_dino.annealing` (ours, not TAO's) picks the labeler's annealing; requery by default."""
+    spec = text2mask_spec(assets, tmp_path / "out")
+    assert build_gdino(load_spec(write_spec(tmp_path / "default.yaml", spec))).annealing == "requery"
+    spec["grounding_dino"]["annealing"] = "threshold"
+    assert build_gdino(load_spec(write_spec(tmp_path / "threshold.yaml", spec))).annealing == "threshold"
 
 
 def test_cli_error_names_the_unknown_key_without_traceback(tmp_path):

@@ -88,6 +88,11 @@ def test_unknown_key_in_the_file_names_the_file(tmp_path):
             "autolabel_type: mal\nmal: {checkpoint: c, inference: {ann_path: a, img_dir: i}}\n",
             "results_dir is required",
         ),
+        (
+            "autolabel_type: grounding_dino\nresults_dir: o\ngrounding_dino: {checkpoint: m, annealing: fast, "
+            "dataset: {image_dir: i, class_names: [a]}}\n",
+            "grounding_dino.annealing must be one of requery, threshold, got 'fast'",
+        ),
     ],
 )
 def test_inconsistent_specs_are_refused(tmp_path, text, message):
