@@ -7,9 +7,11 @@ streamed from the shards into a temporary file that atomically replaces the dest
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -20,12 +22,43 @@ def dumps(record) -> str:
     return json.dumps(record, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
+def _writer_tag() -> str:
+    """Host and process of this writer, as written into its temporary file's name."""
+    return f"{socket.gethostname().replace('.', '_')}-{os.getpid()}"
+
+
+def _is_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def remove_stale_temporaries(path: Path) -> None:
+    """Delete the temporaries of `path` that killed writers on this host left behind (their process is gone)."""
+    host = _writer_tag().rsplit("-", 1)[0]
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        tag = tmp.name[len(path.name) + 2 :].split(".", 1)[0]
+        tmp_host, _, pid = tag.rpartition("-")
+        if tmp_host == host and pid.isdigit() and not _is_running(int(pid)):
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | Path, mode: str = "w"):
-    """Open a temporary file beside `path`; on success fsync it and rename it over `path`."""
+    """Open a temporary file beside `path`; on success fsync it and rename it over `path`.
+
+    A writer killed outright (SIGKILL, power loss) leaves its temporary behind; the next write of the same
+    path on the same host removes it.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    remove_stale_temporaries(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{_writer_tag()}.", suffix=".tmp")
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; results should get the usual permissions

@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -22,7 +23,7 @@ import mal.__main__
 from auto_label.__main__ import cli
 from auto_label.coco import load_coco
 from auto_label.oom import is_out_of_memory, map_chunks
-from auto_label.writers import check_writable
+from auto_label.writers import check_writable, write_jsonl
 from mal.data import ImageBoxesDataset
 from mal.module import MALModule
 
@@ -91,6 +92,11 @@ def test_sigkill_mid_write_leaves_the_previous_file_intact(tmp_path, kind):
     leftovers = list(tmp_path.glob(".labels.json.*.tmp"))  # the half-written temporary, never the final name
     assert len(leftovers) == 1 and b'{"id":0,' in leftovers[0].read_bytes()
     assert b'"id":5000' not in leftovers[0].read_bytes()
+    live = tmp_path / f".labels.json.{socket.gethostname().replace('.', '_')}-{os.getpid()}.x.tmp"
+    live.write_text("a writer that still runs")
+    write_jsonl(out, [{"id": 1}])  # the next write removes the killed writer's temporary, not a live one's
+    assert out.read_text() == '{"id":1}\n'
+    assert sorted(tmp_path.glob(".labels.json.*.tmp")) == [live]
 
 
 def unwritable_commands(assets, results, spec_dir):
