@@ -100,9 +100,10 @@ def _same_arch(a, b) -> bool:
 def build_mal(spec: Spec) -> MALModule:
     """MALModule for the spec's checkpoint: our own checkpoints know their architecture, others take the spec's."""
     checkpoint = spec.get("mal.checkpoint")
-    for key in ("mal.evaluate.use_flip_test", "mal.evaluate.use_mixed_model_test", "mal.inference.load_mask"):
-        if spec.get(key):
-            raise SpecError(f"{spec.source}: {key}: true is not supported by this labeler; set it to false")
+    if spec.get("mal.inference.load_mask"):
+        raise SpecError(
+            f"{spec.source}: mal.inference.load_mask: true is not supported by this labeler; set it to false"
+        )
     info = describe_checkpoint(checkpoint)
     if info["layout"] == "backbone":
         raise SpecError(
@@ -124,9 +125,11 @@ def build_mal(spec: Spec) -> MALModule:
     thresholds = spec.get("mal.train.mask_thres")
     if spec.is_set("mal.train.mask_thres") or "hparams" not in info:
         kwargs["mask_thres"] = list(thresholds) if not isinstance(thresholds, (int, float)) else thresholds
-    kwargs.update(pretrained_path=str(checkpoint), use_teacher_test=spec.get("mal.evaluate.use_teacher_test"))
+    kwargs["pretrained_path"] = str(checkpoint)
+    for name in ("use_teacher_test", "use_flip_test", "use_mixed_model_test"):
+        kwargs[name] = spec.get(f"mal.evaluate.{name}")
     module = MALModule(**kwargs)
-    if kwargs["use_teacher_test"]:
+    if kwargs["use_teacher_test"] or kwargs["use_mixed_model_test"]:
         load_pretrained(module.teacher, checkpoint, branch="teacher")
     return module
 

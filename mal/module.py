@@ -44,7 +44,15 @@ def full_masks(regions: list[tuple[int, int, np.ndarray]], height: int, width: i
 
 # Options that only steer prediction: taken from the command line / config even when `--ckpt_path`
 # supplies the other hyperparameters (Lightning's CLI would otherwise replace them by the checkpoint's).
-PREDICTION_OPTIONS = ("mask_thres", "use_teacher_test", "max_boxes_per_forward", "num_overlays", "compile_backbone")
+PREDICTION_OPTIONS = (
+    "mask_thres",
+    "use_teacher_test",
+    "use_flip_test",
+    "use_mixed_model_test",
+    "max_boxes_per_forward",
+    "num_overlays",
+    "compile_backbone",
+)
 
 
 class MALModule(L.LightningModule):
@@ -73,6 +81,8 @@ class MALModule(L.LightningModule):
         warmup_epochs: linear warm-up length.
         mask_thres: probability threshold, one value or three (small / medium / large boxes).
         use_teacher_test: predict with the EMA teacher instead of the student.
+        use_flip_test: average the logits of each crop and of its mirror image (flipped back).
+        use_mixed_model_test: average the logits of the student and the teacher.
         max_boxes_per_forward: box crops per forward pass at validation and prediction.
         num_overlays: validation images drawn into the logged overlay grid.
         compile_backbone: `torch.compile` the ViT for prediction. It compiles on first use (about 30 s for
@@ -114,6 +124,8 @@ class MALModule(L.LightningModule):
         warmup_epochs: float = 1.0,
         mask_thres: list[float] | float = 0.1,
         use_teacher_test: bool = False,
+        use_flip_test: bool = False,
+        use_mixed_model_test: bool = False,
         max_boxes_per_forward: int = 32,
         num_overlays: int = 8,
         compile_backbone: bool = False,
@@ -261,11 +273,11 @@ class MALModule(L.LightningModule):
         of up to `max_boxes_per_forward` crops, so that images with few boxes still fill a batch. A box's crop
         does not depend on which boxes share its batch."""
         hp = self.hparams
-        net = self.teacher if hp.use_teacher_test else self.student
         predicting = self._trainer is None or self.trainer.predicting  # not inside a fit: training would recompile
-        if hp.get("compile_backbone") and predicting and not hasattr(net.backbone, "_compiled_forward_features"):
-            net.backbone._compiled_forward_features = True  # on the instance: weights and their names unchanged
-            net.backbone.forward_features = torch.compile(net.backbone.forward_features)
+        for net in self.predicting_nets():
+            if hp.get("compile_backbone") and predicting and not hasattr(net.backbone, "_compiled_forward_features"):
+                net.backbone._compiled_forward_features = True  # on the instance: weights and their names unchanged
+                net.backbone.forward_features = torch.compile(net.backbone.forward_features)
         sources = [self._crop_source(sample) for sample in samples]
         counts = [len(sample["boxes"]) for sample in samples]
         owners = [(i, j) for i, count in enumerate(counts) for j in range(count)]  # (image, box), packing order
@@ -276,7 +288,7 @@ class MALModule(L.LightningModule):
             for i, group in itertools.groupby(owners[chunk], key=lambda owner: owner[0]):
                 image, crop_boxes, _ = sources[i]
                 crops.append(resize_crops(image, crop_boxes[[j for _, j in group]], hp.crop_size))
-            return net(self.normalise(torch.cat(crops)), areas[chunk], hp.loss_size)[:, 0].float()
+            return self.mask_logits(self.normalise(torch.cat(crops)), areas[chunk])
 
         logits = map_chunks(forward, len(owners), hp.max_boxes_per_forward)  # fewer boxes at once on OOM
         logits = torch.cat(logits) if logits else torch.empty(0, hp.loss_size, hp.loss_size)
@@ -284,6 +296,24 @@ class MALModule(L.LightningModule):
             self._paste_results(sample, image_logits, source[2])
             for sample, image_logits, source in zip(samples, logits.split(counts), sources)
         ]
+
+    def predicting_nets(self) -> list:
+        hp = self.hparams
+        if hp.use_mixed_model_test:
+            return [self.student, self.teacher]
+        return [self.teacher if hp.use_teacher_test else self.student]
+
+    def mask_logits(self, images: torch.Tensor, box_areas: torch.Tensor) -> torch.Tensor:
+        """B x loss_size x loss_size crop logits of the predicting network(s), averaged over the student and
+        teacher (`use_mixed_model_test`) and over each crop and its mirror image (`use_flip_test`)."""
+        size = self.hparams.loss_size
+        views = [False, True] if self.hparams.use_flip_test else [False]
+        logits = []
+        for net in self.predicting_nets():
+            for flip in views:
+                out = net(images.flip(-1) if flip else images, box_areas, size)[:, 0].float()
+                logits.append(out.flip(-1) if flip else out)
+        return torch.stack(logits).mean(dim=0)
 
     def _paste_results(self, sample: dict, logits: torch.Tensor, areas: torch.Tensor) -> list[dict]:
         """One image's crop logits pasted back into its boxes and thresholded (see `predict_image`)."""

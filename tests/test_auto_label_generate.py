@@ -5,13 +5,14 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from auto_label_helpers import mal_predict_args, mal_spec_dict, text2mask_spec, tiny_assets, write_spec
 from conftest import REPO
 from gdino_helpers import needs_vocab
 
 from auto_label.__main__ import cli
 from auto_label.coco import load_coco
-from auto_label.generate import build_gdino
+from auto_label.generate import build_gdino, build_mal
 from auto_label.masks import segmentation_to_mask
 from auto_label.spec import SpecError, load_spec
 from mal.__main__ import cli_main
@@ -53,6 +54,25 @@ def test_mal_mode_matches_mal_predict_and_writes_a_report(assets, tmp_path, caps
     assert report["inputs"]["mal_ann_path"] == str(assets["boxes"])
     assert {"torch", "lightning", "transformers", "python"} <= set(report["versions"])
     assert not list((tmp_path / "out").glob(".*shards"))
+
+
+def test_tao_flip_and_mixed_model_test_keys_steer_prediction(assets, tmp_path):
+    evaluate = {"use_flip_test": True, "use_mixed_model_test": True}
+    spec = write_spec(tmp_path / "tta.yaml", mal_spec(assets, tmp_path / "out", evaluate=evaluate))
+    module = build_mal(load_spec(spec))
+    assert module.hparams.use_flip_test and module.hparams.use_mixed_model_test
+    saved = torch.load(assets["mal_checkpoint"], weights_only=True)["state_dict"]
+    for name, value in module.teacher.state_dict().items():  # the checkpoint's teacher, not a copy of the student
+        assert torch.equal(value, saved[f"teacher.{name}"])
+    report = cli(["generate", "-e", str(spec)])
+    plain = tmp_path / "plain.json"
+    cli_main(mal_predict_args(assets["mal_checkpoint"], assets["boxes"], assets["images"], plain))
+    tta, reference = (
+        load_coco(path, assets["images"]).annotations for path in (tmp_path / "out" / "labels.json", plain)
+    )
+    assert report["counts"]["boxes"] == len(tta) == len(reference)
+    assert [a["bbox"] for a in tta] == [a["bbox"] for a in reference]
+    assert [a["mal_score"] for a in tta] != [a["mal_score"] for a in reference]  # other (averaged) probabilities
 
 
 def test_bad_images_are_skipped_and_reported(assets, tmp_path):

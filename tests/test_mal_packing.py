@@ -72,3 +72,22 @@ def test_compiled_backbone_predicts_the_same_masks():
             assert (a["x0"], a["y0"]) == (b["x0"], b["y0"])
             assert (a["mask"] != b["mask"]).mean() <= 1e-2
             assert abs(a["score"] - b["score"]) < 1e-3
+
+
+def test_flip_test_is_mirror_symmetric_and_mixed_model_test_averages_student_and_teacher():
+    module = tiny_module(max_boxes_per_forward=4)
+    images, areas = torch.randn(3, 3, 32, 32), torch.tensor([100.0, 2000.0, 20000.0])
+    with torch.no_grad():
+        for p in module.teacher.parameters():
+            p.add_(torch.randn_like(p) * 0.1)  # a teacher unlike the student
+        plain = module.mask_logits(images, areas)
+        assert not torch.allclose(module.mask_logits(images.flip(-1), areas), plain.flip(-1), atol=1e-3)
+        module.hparams.use_flip_test = True
+        flip_test = module.mask_logits(images, areas)
+        torch.testing.assert_close(module.mask_logits(images.flip(-1), areas), flip_test.flip(-1))
+        mirrored = module.student(images.flip(-1), areas, 32)[:, 0].flip(-1)
+        torch.testing.assert_close(flip_test, (plain + mirrored) / 2)
+        module.hparams.use_flip_test = False
+        module.hparams.use_mixed_model_test = True
+        teacher = module.teacher(images, areas, 32)[:, 0]
+        torch.testing.assert_close(module.mask_logits(images, areas), (plain + teacher) / 2)
