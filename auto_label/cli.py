@@ -43,7 +43,9 @@ def run_guarded(main: Callable[[list[str]], None]) -> None:
         interrupted.append(signum)
         signal.default_int_handler(signum, frame)  # raises KeyboardInterrupt, as without this handler
 
-    signal.signal(signal.SIGINT, on_sigint)
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is signal.default_int_handler:  # not where SIGINT is ignored (a background job) or handled
+        signal.signal(signal.SIGINT, on_sigint)
     try:
         main(argv[1:])
     except USER_ERRORS as e:
@@ -58,3 +60,6 @@ def run_guarded(main: Callable[[list[str]], None]) -> None:
         if interrupted:
             sys.exit(130)
         raise
+    finally:
+        if previous is signal.default_int_handler:
+            signal.signal(signal.SIGINT, previous)

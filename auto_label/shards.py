@@ -23,6 +23,7 @@ import shutil
 import sys
 from array import array
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -136,7 +137,8 @@ class ShardStore:
         prefix = ("{" + dumps(self.key) + ":").encode()
         for file_index, path in enumerate(self.shards()):
             for number, offset, line in _complete_lines(path):
-                match = _INT.match(line, len(prefix)) if line.startswith(prefix) else None
+                whole = line.startswith(prefix) and line.endswith(b"}\n")  # else parse it: report damage now
+                match = _INT.match(line, len(prefix)) if whole else None
                 key = int(match[0]) if match else _parse_key(path, number, line, self.key)
                 yield file_index, offset, key
 
@@ -220,19 +222,34 @@ class MergedShards:
 class ShardedPredictionWriter(BasePredictionWriter):
     """The Lightning side of a ShardStore: resume at setup, append every batch, merge once at teardown.
 
+    With `write_in_thread` (by default: when the model is not on a CPU) a batch's records (RLE encoding,
+    JSON) are made and appended in a writer thread while the next batch runs on the accelerator; at most
+    one batch waits there, so memory stays flat, and an error of the writer thread is raised in the main
+    loop at the next batch or at the end. On a CPU the model already keeps every core busy: records are
+    made inline.
+
     Barriers sit only in `setup` and `teardown`, which every rank runs: a rank left with no images
     (a small input, or a resumed run) skips Lightning's predict hooks altogether and must not be waited
     for there. Subclasses say what identifies a run (`fingerprint`), what a batch's records are
     (`records`) and how the final files are made (`merge`, rank 0, returns the run's counts).
     """
 
-    def __init__(self, shard_dir: str | Path, key: str, fresh: bool = False, keep_shards: bool = False):
+    def __init__(
+        self,
+        shard_dir: str | Path,
+        key: str,
+        fresh: bool = False,
+        keep_shards: bool = False,
+        write_in_thread: bool | None = None,
+    ):
         super().__init__(write_interval="batch")
         self.store = ShardStore(shard_dir, key)
-        self.fresh, self.keep_shards = fresh, keep_shards
+        self.fresh, self.keep_shards, self.write_in_thread = fresh, keep_shards, write_in_thread
         self.resumed: set[int] = set()
         self.summary: dict | None = None
         self._fingerprint: dict | None = None
+        self._writer: ThreadPoolExecutor | None = None
+        self._pending: Future | None = None
 
     def fingerprint(self, trainer, pl_module) -> dict:
         raise NotImplementedError
@@ -272,16 +289,44 @@ class ShardedPredictionWriter(BasePredictionWriter):
     def on_predict_start(self, trainer, pl_module) -> None:
         self._check_fingerprint(trainer, pl_module)
         self.store.open(trainer.global_rank)
+        in_thread = self.write_in_thread if self.write_in_thread is not None else pl_module.device.type != "cpu"
+        if in_thread:
+            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-writer")
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
-        """Append the batch's records; with the data's `strict` set, a skipped item stops the run instead.
+        strict = getattr(trainer.datamodule, "strict", False)
+        if self._writer is None:
+            self.write_batch(trainer, prediction, batch, strict)
+            return
+        self._wait_for_writer()
+        self._pending = self._writer.submit(self.write_batch, trainer, prediction, batch, strict)
+
+    def _wait_for_writer(self) -> None:
+        """Let the writer thread finish its batch; its error, if any, is raised here."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def _stop_writer(self) -> None:
+        try:
+            self._wait_for_writer()
+        finally:
+            if self._writer is not None:
+                self._writer.shutdown()
+                self._writer = None
+
+    def on_predict_end(self, trainer, pl_module) -> None:
+        self._stop_writer()
+
+    def write_batch(self, trainer, prediction, batch, strict: bool) -> None:
+        """Append the batch's records; with `strict`, a skipped item stops the run instead.
 
         In strict mode the skipped item's record is not written, so that a run started again after the
         input is fixed labels it.
         """
         records = self.records(trainer, prediction, batch)
         skipped = [reason for r in records if (reason := self.skip_reason(r)) is not None]
-        if skipped and getattr(trainer.datamodule, "strict", False):
+        if skipped and strict:
             self.store.write([r for r in records if self.skip_reason(r) is None])
             raise StrictSkipError(
                 f"--strict: {skipped[0]}"
@@ -293,6 +338,10 @@ class ShardedPredictionWriter(BasePredictionWriter):
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         """Ctrl-C or a failure: keep every finished result on disk and say how to go on."""
+        try:
+            self._stop_writer()  # the batch in the writer thread is finished and kept
+        except Exception as e:  # the run already fails with `exception`: report this one, raise that one
+            log.warning("the last batch could not be written: %s", e)
         self.store.close()
         if isinstance(exception, KeyboardInterrupt) and trainer.is_global_zero:
             print(

@@ -19,7 +19,6 @@ from omegaconf.errors import OmegaConfBaseException
 from auto_label.images import IMAGENET_MEAN, IMAGENET_STD
 
 AUTOLABEL_TYPES = ("mal", "grounding_dino", "text2mask")
-ANNEALING_MODES = ("requery", "threshold")
 
 SCHEMA = {
     "autolabel_type": "mal",
@@ -311,7 +310,7 @@ def _validate_values(spec: Spec, kind: str) -> None:
         if len(values) not in (1, 3) or not all(isinstance(v, (int, float)) and 0 <= v <= 1 for v in values):
             raise SpecError(f"{spec.source}: mal.train.mask_thres must be one or three values in [0, 1], got {values}")
     if kind in ("grounding_dino", "text2mask"):
-        from gdino.schedule import build_schedule  # light: no model code
+        from gdino.schedule import ANNEALING_MODES, build_schedule  # light: no model code
 
         class_names = spec.get("grounding_dino.dataset.class_names")
         if class_names is not None and len(class_names) == 0:

@@ -10,6 +10,7 @@ import contextlib
 import glob
 import json
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -22,9 +23,18 @@ def dumps(record) -> str:
     return json.dumps(record, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
+def _host() -> str:
+    """This host and PID namespace: only there does a process id name a process (containers share host names)."""
+    try:
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        namespace = 0
+    return f"{socket.gethostname().replace('.', '_')}-{namespace}"
+
+
 def _writer_tag() -> str:
-    """Host and process of this writer, as written into its temporary file's name."""
-    return f"{socket.gethostname().replace('.', '_')}-{os.getpid()}"
+    """Host, PID namespace and process of this writer, as written into its temporary file's name."""
+    return f"{_host()}-{os.getpid()}"
 
 
 def _is_running(pid: int) -> bool:
@@ -39,11 +49,11 @@ def _is_running(pid: int) -> bool:
 
 def remove_stale_temporaries(path: Path) -> None:
     """Delete the temporaries of `path` that killed writers on this host left behind (their process is gone)."""
-    host = _writer_tag().rsplit("-", 1)[0]
+    host = _host()
     for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
         tag = tmp.name[len(path.name) + 2 :].split(".", 1)[0]
         tmp_host, _, pid = tag.rpartition("-")
-        if tmp_host == host and pid.isdigit() and not _is_running(int(pid)):
+        if tmp_host == host and re.fullmatch("[0-9]{1,9}", pid) and not _is_running(int(pid)):
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
 

@@ -99,11 +99,12 @@ class TimedWriter(MaskLabelWriter):
         self.loop_start = time.perf_counter()
 
     def on_predict_end(self, trainer, pl_module) -> None:
+        super().on_predict_end(trainer, pl_module)  # waits for the writer thread's last batch
         self.loop_end = time.perf_counter()
 
-    def write_on_batch_end(self, *args, **kwargs):
+    def write_batch(self, *args, **kwargs):
         start = time.perf_counter()
-        super().write_on_batch_end(*args, **kwargs)
+        super().write_batch(*args, **kwargs)
         self.write_seconds += time.perf_counter() - start
 
 

@@ -21,7 +21,7 @@ from gdino.cache import FeatureCache
 from gdino.errors import GDinoError
 from gdino.model import load_detector
 from gdino.prompts import PromptTokenizer, sanitize_name
-from gdino.schedule import build_schedule, class_threshold_table, plan_pass, select_pairs
+from gdino.schedule import ANNEALING_MODES, build_schedule, class_threshold_table, plan_pass, select_pairs
 
 
 class GroundingDinoLabeler(L.LightningModule):
@@ -64,8 +64,8 @@ class GroundingDinoLabeler(L.LightningModule):
         reuse_features: bool = True,
     ):
         super().__init__()
-        if annealing not in ("requery", "threshold"):
-            raise GDinoError(f"model.annealing: must be requery or threshold; got {annealing!r}")
+        if annealing not in ANNEALING_MODES:
+            raise GDinoError(f"model.annealing: must be one of {', '.join(ANNEALING_MODES)}; got {annealing!r}")
         if aggregation not in METHODS:
             raise GDinoError(f"model.aggregation: must be one of {', '.join(METHODS)}; got {aggregation!r}")
         if max_dets_per_image is not None and max_dets_per_image < 1:

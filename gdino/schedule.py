@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 from gdino.errors import GDinoError
 
+ANNEALING_MODES = ("requery", "threshold")  # how later passes are made (GroundingDinoLabeler)
+
 
 @dataclass(frozen=True)
 class Pass:

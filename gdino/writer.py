@@ -50,6 +50,8 @@ class CocoPredictionWriter(ShardedPredictionWriter):
         visualize_dir: also save each image with its boxes, class names and scores here.
         fresh: discard the results of an interrupted earlier run instead of resuming from them.
         keep_shards: leave the shards after merging (a chained run removes them when all stages are done).
+        write_in_thread: make and write each batch's records in a thread while the next one is predicted;
+            null: when the model is on an accelerator (on a CPU the model already uses every core).
     """
 
     def __init__(
@@ -59,9 +61,11 @@ class CocoPredictionWriter(ShardedPredictionWriter):
         visualize_dir: str | None = None,
         fresh: bool = False,
         keep_shards: bool = False,
+        write_in_thread: bool | None = None,
     ):
         self.output = Path(output)
-        super().__init__(self.output.with_name(f".{self.output.name}.shards"), "index", fresh, keep_shards)
+        shards = self.output.with_name(f".{self.output.name}.shards")
+        super().__init__(shards, "index", fresh, keep_shards, write_in_thread)
         self.odvg_path = Path(odvg_path) if odvg_path else None
         self.visualize_dir = Path(visualize_dir) if visualize_dir else None
         self.errors_path = self.output.with_name(self.output.stem + ".errors.jsonl")

@@ -49,7 +49,7 @@ def expand_box(box_xyxy, margins) -> tuple[int, int, int, int]:
 
 def crop_wrapped(image: torch.Tensor, crop_box) -> torch.Tensor:
     """Cut `crop_box` out of a C x H x W image; pixels outside wrap around the image (no zero padding)."""
-    x0, y0, x1, y1 = (int(v) for v in crop_box)
+    x0, y0, x1, y1 = (math.floor(v) for v in crop_box)
     height, width = image.shape[-2:]
     if x0 >= 0 and y0 >= 0 and x1 <= width and y1 <= height:
         return image[:, y0:y1, x0:x1]

@@ -23,7 +23,7 @@ from mal.crops import paste_region, resize_crops
 from mal.decoder import size_bucket
 from mal.losses import crf_loss, crf_pseudo_label, mil_loss, ramp
 from mal.metrics import MaskIoUMetric, mask_ious
-from mal.model import build_mask_net
+from mal.model import MaskNet, build_mask_net
 
 log = logging.getLogger(__name__)
 
@@ -274,10 +274,11 @@ class MALModule(L.LightningModule):
         does not depend on which boxes share its batch."""
         hp = self.hparams
         predicting = self._trainer is None or self.trainer.predicting  # not inside a fit: training would recompile
-        for net in self.predicting_nets():
-            if hp.get("compile_backbone") and predicting and not hasattr(net.backbone, "_compiled_forward_features"):
-                net.backbone._compiled_forward_features = True  # on the instance: weights and their names unchanged
-                net.backbone.forward_features = torch.compile(net.backbone.forward_features)
+        if hp.get("compile_backbone") and predicting:
+            for net in self.predicting_nets():
+                if not hasattr(net.backbone, "_compiled_forward_features"):
+                    net.backbone._compiled_forward_features = True  # on the instance: weights, names unchanged
+                    net.backbone.forward_features = torch.compile(net.backbone.forward_features)
         sources = [self._crop_source(sample) for sample in samples]
         counts = [len(sample["boxes"]) for sample in samples]
         owners = [(i, j) for i, count in enumerate(counts) for j in range(count)]  # (image, box), packing order
@@ -297,7 +298,8 @@ class MALModule(L.LightningModule):
             for sample, image_logits, source in zip(samples, logits.split(counts), sources)
         ]
 
-    def predicting_nets(self) -> list:
+    def predicting_nets(self) -> list[MaskNet]:
+        """The network(s) whose logits label the boxes: the student, the teacher, or both."""
         hp = self.hparams
         if hp.use_mixed_model_test:
             return [self.student, self.teacher]

@@ -68,12 +68,14 @@ class MaskLabelWriter(ShardedPredictionWriter):
     Args:
         label_dump_path: the COCO JSON to write. Skipped images are listed in `errors.jsonl` beside it.
         fresh: discard the results of an interrupted earlier run instead of resuming from them.
+        write_in_thread: RLE-encode and write each batch in a thread while the next one is predicted; null:
+            when the model is on an accelerator (on a CPU the model already uses every core).
     """
 
-    def __init__(self, label_dump_path: str | None = None, fresh: bool = False):
+    def __init__(self, label_dump_path: str | None = None, fresh: bool = False, write_in_thread: bool | None = None):
         self.label_dump_path = Path(label_dump_path) if label_dump_path else None
         shards = self.label_dump_path.with_name(f".{self.label_dump_path.name}.shards") if label_dump_path else "."
-        super().__init__(shards, "image_pos", fresh)
+        super().__init__(shards, "image_pos", fresh, write_in_thread=write_in_thread)
 
     @property
     def errors_path(self) -> Path:

@@ -57,9 +57,9 @@ def test_batched_resize_matches_the_crop():
         assert torch.allclose(crops[1].mean(), image.mean(), rtol=1e-3)
 
 
-def test_prediction_crops_are_made_like_training_crops():
-    """On a CPU a prediction crop is the training crop (before its rounding to uint8); the batched roi_align
-    path used on other devices approximates it."""
+def test_cpu_prediction_crops_use_the_training_crop_functions_and_roi_align_approximates_them():
+    """On a CPU a prediction crop is made by the functions that make training crops (`BoxCropDataset`), before
+    their rounding to uint8; the batched roi_align path used on other devices approximates it."""
     ys, xs = torch.meshgrid(torch.arange(90.0), torch.arange(120.0), indexing="ij")
     image = torch.stack([127 + 100 * torch.sin(xs / 7) * torch.cos(ys / (9 + c)) for c in range(3)]).to(torch.uint8)
     boxes = torch.tensor([[10, 5, 70, 50], [-30, -10, 100, 95], [0, 0, 120, 90], [60, 40, 64, 43]])

@@ -5,7 +5,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ import mal.__main__
 from auto_label.__main__ import cli
 from auto_label.coco import load_coco
 from auto_label.oom import is_out_of_memory, map_chunks
-from auto_label.writers import check_writable, write_jsonl
+from auto_label.writers import _writer_tag, check_writable, write_jsonl
 from mal.data import ImageBoxesDataset
 from mal.module import MALModule
 
@@ -82,6 +81,24 @@ else:
 """
 
 
+IGNORED_SIGINT = """
+import os, signal
+signal.signal(signal.SIGINT, signal.SIG_IGN)  # as for a job started in the background by a script
+from auto_label.cli import run_guarded
+def main(argv):
+    os.kill(os.getpid(), signal.SIGINT)
+    print("carried on")
+run_guarded(main)
+"""
+
+
+def test_an_ignored_sigint_stays_ignored():
+    result = subprocess.run(
+        [sys.executable, "-c", IGNORED_SIGINT], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0 and "carried on" in result.stdout
+
+
 @pytest.mark.parametrize("kind", ["coco", "jsonl"])
 def test_sigkill_mid_write_leaves_the_previous_file_intact(tmp_path, kind):
     out = tmp_path / "labels.json"
@@ -92,7 +109,7 @@ def test_sigkill_mid_write_leaves_the_previous_file_intact(tmp_path, kind):
     leftovers = list(tmp_path.glob(".labels.json.*.tmp"))  # the half-written temporary, never the final name
     assert len(leftovers) == 1 and b'{"id":0,' in leftovers[0].read_bytes()
     assert b'"id":5000' not in leftovers[0].read_bytes()
-    live = tmp_path / f".labels.json.{socket.gethostname().replace('.', '_')}-{os.getpid()}.x.tmp"
+    live = tmp_path / f".labels.json.{_writer_tag()}.x.tmp"
     live.write_text("a writer that still runs")
     write_jsonl(out, [{"id": 1}])  # the next write removes the killed writer's temporary, not a live one's
     assert out.read_text() == '{"id":1}\n'

@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ from auto_label.coco import CocoFormatError
 from auto_label.masks import segmentation_to_mask
 from mal.__main__ import cli_main
 from mal.evaluate import evaluate_files
+from mal.writer import MaskLabelWriter
 
 
 def data_args(synthetic) -> list[str]:
@@ -240,3 +242,31 @@ def test_prediction_options_on_the_command_line_beat_the_checkpoint(trained, syn
     ]
     assert areas["0.0"] == box_pixels  # every probability is above 0: the whole box
     assert set(areas["1.0"]) == {0}  # none is above 1: empty masks
+
+
+def test_writer_thread_errors_reach_the_main_loop(trained, synthetic, tmp_path, monkeypatch):
+    """Records are made in a writer thread; its error stops the run, and the batches before stay on disk."""
+    threads = []
+    records = MaskLabelWriter.records
+
+    def records_failing_at_the_second_batch(self, trainer, prediction, batch):
+        threads.append(threading.current_thread().name)
+        if len(threads) == 2:
+            raise OSError("disk gone")
+        return records(self, trainer, prediction, batch)
+
+    monkeypatch.setattr(MaskLabelWriter, "records", records_failing_at_the_second_batch)
+    out = tmp_path / "labels.json"
+    with pytest.raises(OSError, match="disk gone"):
+        predict(
+            trained,
+            synthetic["val"],
+            synthetic["images"],
+            out,
+            "--data.eval_batch_size=1",
+            "--writer.write_in_thread=true",
+        )
+    assert len(threads) == 2 and all(name.startswith("shard-writer") for name in threads)
+    shards = tmp_path / ".labels.json.shards"
+    assert sum(p.read_text().count("\n") for p in shards.glob("rank*.jsonl")) == 1  # the first batch is kept
+    assert not out.exists()
