@@ -27,6 +27,7 @@ from gdino.writer import CocoPredictionWriter
 from mal.backbone import ARCH_ALIASES
 from mal.checkpoint import describe_checkpoint, load_pretrained
 from mal.data import COCOBoxDataModule
+from mal.evaluate import evaluate_files, print_table
 from mal.module import MALModule
 from mal.writer import MaskLabelWriter
 
@@ -100,10 +101,6 @@ def _same_arch(a, b) -> bool:
 def build_mal(spec: Spec) -> MALModule:
     """MALModule for the spec's checkpoint: our own checkpoints know their architecture, others take the spec's."""
     checkpoint = spec.get("mal.checkpoint")
-    if spec.get("mal.inference.load_mask"):
-        raise SpecError(
-            f"{spec.source}: mal.inference.load_mask: true is not supported by this labeler; set it to false"
-        )
     info = describe_checkpoint(checkpoint)
     if info["layout"] == "backbone":
         raise SpecError(
@@ -151,13 +148,24 @@ def run_mal(spec: Spec, ann_path: str, img_dir: str, fresh: bool, data_options: 
     )
     check_writable(Path(out).parent)
     boxes = COCOBoxDataModule(**data_kwargs).load_predict_coco()  # a bad file stops here, before the weights
+    load_mask = spec.get("mal.inference.load_mask")
+    if load_mask and not any("segmentation" in a and not a.get("iscrowd", 0) for a in boxes.annotations):
+        raise SpecError(
+            f"{spec.source}: mal.inference.load_mask is true, but {ann_path} holds no instance masks to compare "
+            "the labels with; set it to false"
+        )
     module = build_mal(spec)
     data = COCOBoxDataModule(crop_size=module.hparams.crop_size, **data_kwargs)
     data.predict_coco = boxes
     writer = MaskLabelWriter(str(out), fresh=fresh)
     summary = _predict(spec, module, data, writer)
     inputs = {"mal_checkpoint": spec.get("mal.checkpoint"), "mal_ann_path": str(ann_path), "mal_img_dir": str(img_dir)}
-    return {"name": "mal", "inputs": inputs, **summary, "output": str(out)}
+    stage = {"name": "mal", "inputs": inputs, **summary, "output": str(out)}
+    if load_mask and summary["is_global_zero"]:  # TAO's load_mask: score the labels against the input's masks
+        metrics = evaluate_files(str(out), str(ann_path))
+        print_table(metrics, f"MAL masks vs the masks in {ann_path}")
+        stage["evaluation"] = {k: None if v != v else v for k, v in metrics.items()}  # NaN (no instance): null
+    return stage
 
 
 def build_gdino(spec: Spec) -> GroundingDinoLabeler:

@@ -16,6 +16,7 @@ from auto_label.generate import build_gdino, build_mal
 from auto_label.masks import segmentation_to_mask
 from auto_label.spec import SpecError, load_spec
 from mal.__main__ import cli_main
+from mal.evaluate import evaluate_files
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +74,26 @@ def test_tao_flip_and_mixed_model_test_keys_steer_prediction(assets, tmp_path):
     assert report["counts"]["boxes"] == len(tta) == len(reference)
     assert [a["bbox"] for a in tta] == [a["bbox"] for a in reference]
     assert [a["mal_score"] for a in tta] != [a["mal_score"] for a in reference]  # other (averaged) probabilities
+
+
+def test_tao_load_mask_scores_the_labels_against_the_input_masks(assets, tmp_path):
+    spec = mal_spec(assets, tmp_path / "out")
+    spec["mal"]["inference"]["load_mask"] = True
+    report = cli(["generate", "-e", str(write_spec(tmp_path / "with_masks.yaml", spec))])
+    evaluation = report["stages"][0]["evaluation"]
+    expected = evaluate_files(str(tmp_path / "out" / "labels.json"), str(assets["boxes"]))
+    assert evaluation == {k: None if v != v else v for k, v in expected.items()}  # null for a size without masks
+    assert evaluation["num_instances"] == report["counts"]["boxes"] > 0
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["stages"][0]["evaluation"] == evaluation
+
+    boxes_only = json.loads(assets["boxes"].read_text())
+    for ann in boxes_only["annotations"]:
+        ann.pop("segmentation", None)
+    (tmp_path / "boxes_only.json").write_text(json.dumps(boxes_only))
+    spec["mal"]["inference"]["ann_path"] = str(tmp_path / "boxes_only.json")
+    spec["mal"]["checkpoint"] = str(tmp_path / "absent.ckpt")  # refused before the weights are looked at
+    with pytest.raises(SpecError, match="load_mask is true, but .*boxes_only.json holds no instance masks"):
+        cli(["generate", "-e", str(write_spec(tmp_path / "boxes_only.yaml", spec))])
 
 
 def test_bad_images_are_skipped_and_reported(assets, tmp_path):
