@@ -87,6 +87,24 @@ def test_batches_hold_one_image_size_and_ranks_split_them():
     assert list(SizeGroupedBatchSampler(sizes, 2, rank=1, world_size=2)) == [[1, 5], [4]]
 
 
+def label_args(model_dir, *extra: str) -> list[str]:
+    """`gdino label` with the tiny model at the small test size, decoding in the main process, no progress bar."""
+    return [
+        "label",
+        "--config",
+        "configs/gdino/tiny.yaml",
+        "--model.path",
+        str(model_dir),
+        "--model.image_size",
+        json.dumps(SMALL),
+        "--data.num_workers",
+        "0",
+        "--trainer.enable_progress_bar",
+        "false",
+        *extra,
+    ]
+
+
 def _write_image_tree(root, dataset):
     """A nested folder with an upper-case extension, a duplicate base name and an undecodable file."""
     images = root / "photos"
@@ -100,27 +118,17 @@ def _write_image_tree(root, dataset):
 
 def test_label_command_writes_a_valid_deterministic_coco_file(model_dir, dataset, tmp_path, capsys):
     images = _write_image_tree(tmp_path, dataset)
-    args = [
-        "label",
-        "--config",
-        "configs/gdino/tiny.yaml",
-        "--model.path",
-        str(model_dir),
-        "--model.image_size",
-        json.dumps(SMALL),
+    args = label_args(
+        model_dir,
         "--data.image_dir",
         str(images),
         "--data.class_names",
         '[star, ring, "traffic light"]',
-        "--data.num_workers",
-        "0",
         "--model.iteration_scheduler",
         "[{conf_threshold: 0.9}, {conf_threshold: 0.3, nms_threshold: 0.5}]",
         "--model.max_dets_per_image",
         "20",
-        "--trainer.enable_progress_bar",
-        "false",
-    ]
+    )
     out = tmp_path / "labels.json"
     assert (
         main(
@@ -180,31 +188,21 @@ def test_label_keeps_coco_ids_and_images_without_detections(model_dir, dataset, 
     out = tmp_path / "labels.json"
     assert (
         main(
-            [
-                "label",
-                "--config",
-                "configs/gdino/tiny.yaml",
-                "--model.path",
-                str(model_dir),
-                "--model.image_size",
-                json.dumps(SMALL),
+            label_args(
+                model_dir,
                 "--data.ann_path",
                 str(ann_path),
                 "--data.image_dir",
                 str(root / "images"),
                 "--data.class_names",
                 "[Star, ring]",
-                "--data.num_workers",
-                "0",
                 "--model.iteration_scheduler",
                 "[{conf_threshold: 1.0}]",
                 "--model.class_thresholds",
                 "{star: 0.0}",
-                "--trainer.enable_progress_bar",
-                "false",
                 "--output",
                 str(out),
-            ]
+            )
         )
         == 0
     )
@@ -234,31 +232,21 @@ def test_noun_chunk_mode_keeps_images_with_no_detection(model_dir, dataset, tmp_
     out = tmp_path / "labels.json"
     assert (
         main(
-            [
-                "label",
-                "--config",
-                "configs/gdino/tiny.yaml",
-                "--model.path",
-                str(model_dir),
-                "--model.image_size",
-                json.dumps(SMALL),
+            label_args(
+                model_dir,
                 "--data.noun_chunk_path",
                 str(chunks),
                 "--data.image_dir",
                 str(root / "images"),
-                "--data.num_workers",
-                "0",
                 "--model.iteration_scheduler",
                 "[{conf_threshold: 1.0}]",
                 "--model.class_thresholds",
                 "{a red star: 0.0}",
                 "--writer.odvg_path",
                 str(tmp_path / "g.jsonl"),
-                "--trainer.enable_progress_bar",
-                "false",
                 "--output",
                 str(out),
-            ]
+            )
         )
         == 0
     )
