@@ -34,11 +34,14 @@ def test_conv_stem_keeps_mal_key_layout_and_output_shape():
     assert net(torch.randn(2, 3, 64, 64), torch.tensor([10.0, 1e5]), 32).shape == (2, 1, 32, 32)
 
 
-def test_cpu_bf16_uses_unfused_attention_with_the_same_result():
+def test_cpu_bf16_inference_uses_unfused_attention_with_the_same_result():
     vit = create_vit("vit_tiny_patch16_224", 64, **TINY).eval()
     attentions = [m for m in vit.modules() if hasattr(m, "fused_attn")]
     images = torch.randn(2, 3, 64, 64)
-    with torch.no_grad():
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        feature_map(vit, images)  # as in a training step (the teacher's forward): fused
+        assert all(m.fused_attn for m in attentions)
+    with torch.inference_mode():
         fused = feature_map(vit, images)
         assert all(m.fused_attn for m in attentions)
         with torch.autocast("cpu", dtype=torch.bfloat16):
