@@ -132,10 +132,10 @@ class ShardStore:
                 "start over with --fresh (or delete that folder) to discard them"
             )
 
-    def _keys_with_offsets(self) -> Iterator[tuple[int, int, int]]:
-        """(file index, byte offset, key) of every complete line, reading each key without parsing the record."""
+    def keys_with_offsets(self, paths: list[Path]) -> Iterator[tuple[int, int, int]]:
+        """(index into `paths`, byte offset, key) of every complete line; keys are read without parsing records."""
         prefix = ("{" + dumps(self.key) + ":").encode()
-        for file_index, path in enumerate(self.shards()):
+        for file_index, path in enumerate(paths):
             for number, offset, line in _complete_lines(path):
                 whole = line.startswith(prefix) and line.endswith(b"}\n")  # else parse it: report damage now
                 match = _INT.match(line, len(prefix)) if whole else None
@@ -146,7 +146,7 @@ class ShardStore:
         """Keys of the items whose results are complete on disk."""
         if not self.directory.is_dir():
             return set()
-        return {key for _, _, key in self._keys_with_offsets()}
+        return {key for _, _, key in self.keys_with_offsets(self.shards())}
 
     def open(self, rank: int) -> None:
         """Start appending this rank's results, first cutting off a partial last line a kill left behind."""
@@ -189,7 +189,7 @@ class MergedShards:
     def __init__(self, store: ShardStore):
         self.paths = store.shards()
         files, offsets, keys = array("q"), array("q"), array("q")
-        for file_index, offset, key in store._keys_with_offsets():
+        for file_index, offset, key in store.keys_with_offsets(self.paths):
             files.append(file_index)
             offsets.append(offset)
             keys.append(key)

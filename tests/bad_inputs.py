@@ -4,17 +4,21 @@
 - `write_bad_images`: every kind of image file a long run meets (missing, empty, truncated, not an
   image, CMYK, 16-bit, RGBA, grayscale, EXIF-rotated, 1x1, over the pixel limit), plus a COCO file
   with one box on each.
+- `CROWD_ANNOTATION`: a crowd region (RLE over a whole 96x128 image), which labelers pass through untouched.
 - `run_command`: run `mal`, `gdino` or `auto_label` in-process as from a shell: (exit code, stderr).
+- `run_module`: the same in a real process (`python -m ...`), for what only a process shows (tracebacks).
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from conftest import REPO
 from PIL import Image
 
 PIXEL_LIMIT = 1_000_000  # the bomb below has 4 million pixels
@@ -110,6 +114,22 @@ def write_bad_images(directory: Path) -> tuple[Path, dict[str, str | None]]:
     path = directory / "boxes.json"
     path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "x"}]}))
     return path, expected
+
+
+CROWD_ANNOTATION = {
+    "id": 10,
+    "image_id": 1,
+    "category_id": 1,
+    "bbox": [5, 5, 20, 20],
+    "iscrowd": 1,
+    "segmentation": {"size": [96, 128], "counts": [0, 96 * 128]},
+    "area": 96 * 128,
+}
+
+
+def run_module(*argv: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    """`python -m <argv>` in a real process from the repository root, output captured as text."""
+    return subprocess.run([sys.executable, "-m", *argv], capture_output=True, text=True, cwd=REPO, timeout=timeout)
 
 
 def run_command(main: Callable[[], object], argv: list[str], capsys, monkeypatch) -> tuple[int, str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from auto_label.synthetic import make_synthetic_coco
 
@@ -59,3 +60,12 @@ def synthetic(tmp_path_factory) -> dict[str, Path]:
     train = make_synthetic_coco(root, num_images=6, height=96, width=128, max_objects=3, seed=0, name="train")
     val = make_synthetic_coco(root, num_images=3, height=96, width=128, max_objects=3, seed=1, name="val")
     return {"root": root, "train": train, "val": val, "images": root / "images"}
+
+
+@pytest.fixture(scope="session")
+def gdino_model_dir(tmp_path_factory) -> Path:
+    """The tiny random Grounding DINO saved as a local Hugging Face directory (built once per session)."""
+    from gdino_helpers import save_tiny_model_dir
+
+    torch.set_num_threads(1)
+    return save_tiny_model_dir(tmp_path_factory.mktemp("gdino_model") / "tiny")

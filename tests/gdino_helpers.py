@@ -9,6 +9,7 @@ import torch
 
 from gdino.model import small_config
 
+SMALL_SIZE = {"shortest_edge": 96, "longest_edge": 160}  # image_size for the 96x128 test images
 VOCAB_DIR = Path(__file__).resolve().parents[2] / "shared" / "models" / "bert-base-uncased"
 needs_vocab = pytest.mark.skipif(
     not (VOCAB_DIR / "vocab.txt").is_file(), reason=f"bert-base-uncased vocab not found at {VOCAB_DIR}"

@@ -1,13 +1,11 @@
 """`auto_label generate` end to end on tiny real models: mal and text2mask modes, the run report, errors."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
 from auto_label_helpers import mal_predict_args, mal_spec_dict, text2mask_spec, tiny_assets, write_spec
-from conftest import REPO
+from bad_inputs import run_module
 from gdino_helpers import needs_vocab
 
 from auto_label.__main__ import cli
@@ -148,13 +146,7 @@ def test_grounding_dino_annealing_mode_comes_from_the_spec(assets, tmp_path):
 def test_cli_error_names_the_unknown_key_without_traceback(tmp_path):
     spec = tmp_path / "s.yaml"
     spec.write_text("autolabel_type: mal\nresults_dir: o\n")
-    result = subprocess.run(
-        [sys.executable, "-m", "auto_label", "generate", "-e", str(spec), "mal.inferense.batch_size=2"],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=120,
-    )
+    result = run_module("auto_label", "generate", "-e", str(spec), "mal.inferense.batch_size=2", timeout=120)
     assert result.returncode == 2
     assert "unknown key 'mal.inferense'; did you mean 'mal.inference'?" in result.stderr
     assert "Traceback" not in result.stderr

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 from auto_label_helpers import mal_predict_args, mal_spec_dict, tiny_assets, write_spec
+from bad_inputs import CROWD_ANNOTATION
 from conftest import TINY_MAL_ARGS
 
 from auto_label.__main__ import cli
@@ -23,15 +24,6 @@ BOXES = {
     8: ([-1e6, -1e6, 2e6, 2e6], "clipped_box"),  # enormous
     9: ([1e30, 1e30, 1e30, 1e30], "outside_image"),  # coordinates far beyond any integer crop box
 }
-CROWD = {
-    "id": 10,
-    "image_id": 1,
-    "category_id": 1,
-    "bbox": [5, 5, 20, 20],
-    "iscrowd": 1,
-    "segmentation": {"size": [96, 128], "counts": [0, 96 * 128]},
-    "area": 96 * 128,
-}
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +41,8 @@ def odd_boxes(assets, tmp_path_factory):
         {"id": i, "image_id": image["id"], "category_id": 1, "bbox": b, "iscrowd": 0} for i, (b, _) in BOXES.items()
     ]
     path = tmp_path_factory.mktemp("odd_boxes") / "boxes.json"
-    path.write_text(json.dumps({"images": [image], "annotations": [*anns, CROWD], "categories": data["categories"]}))
+    annotations = [*anns, CROWD_ANNOTATION]
+    path.write_text(json.dumps({"images": [image], "annotations": annotations, "categories": data["categories"]}))
     return path
 
 
@@ -58,7 +51,7 @@ def check_every_box(out, odd_boxes) -> dict:
     labels = json.loads(out.read_text())["annotations"]
     assert [a["id"] for a in labels] == [a["id"] for a in source]  # each once, in input order
     by_id = {a["id"]: a for a in labels}
-    assert by_id[CROWD["id"]] == CROWD  # untouched
+    assert by_id[CROWD_ANNOTATION["id"]] == CROWD_ANNOTATION  # untouched
     for ann_id, (bbox, flag) in BOXES.items():
         label = by_id[ann_id]
         assert label["bbox"] == bbox and label.get("mal_flag") == flag

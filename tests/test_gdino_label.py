@@ -7,7 +7,7 @@ import sys
 
 import pytest
 import torch
-from gdino_helpers import needs_vocab, save_tiny_model_dir
+from gdino_helpers import SMALL_SIZE, needs_vocab
 
 from auto_label.coco import load_coco
 from auto_label.synthetic import make_synthetic_coco
@@ -17,13 +17,6 @@ from gdino.module import GroundingDinoLabeler
 
 pytestmark = needs_vocab
 CLASSES = ["star", "ring", "traffic light"]
-SMALL = {"shortest_edge": 96, "longest_edge": 160}
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    torch.set_num_threads(1)
-    return save_tiny_model_dir(tmp_path_factory.mktemp("model") / "tiny")
 
 
 @pytest.fixture(scope="module")
@@ -33,17 +26,17 @@ def dataset(tmp_path_factory):
     return root, gt
 
 
-def _label(model_dir, dataset, **model_kwargs) -> list[dict]:
+def _label(gdino_model_dir, dataset, **model_kwargs) -> list[dict]:
     data = GroundingDinoDataModule(image_dir=str(dataset[0] / "images"), class_names=CLASSES, batch_size=2)
-    labeler = GroundingDinoLabeler(str(model_dir), image_size=SMALL, aggregation="none", **model_kwargs)
+    labeler = GroundingDinoLabeler(str(gdino_model_dir), image_size=SMALL_SIZE, aggregation="none", **model_kwargs)
     labeler.set_vocabulary(data.vocabulary)
     with torch.inference_mode():
         return [record for batch in data.predict_dataloader() for record in labeler.predict_step(batch)]
 
 
-def test_images_without_detections_in_pass_0_are_queried_again(model_dir, dataset):
+def test_images_without_detections_in_pass_0_are_queried_again(gdino_model_dir, dataset):
     # nothing can beat 1.0 in pass 0, so every image ends pass 0 empty-handed
-    records = _label(model_dir, dataset, iteration_scheduler=[{"conf_threshold": 1.0}, {"conf_threshold": 0.0}])
+    records = _label(gdino_model_dir, dataset, iteration_scheduler=[{"conf_threshold": 1.0}, {"conf_threshold": 0.0}])
     assert len(records) == 3
     for record in records:
         assert record["passes"] == [{"pass": 0, "queried": [1, 2, 3]}, {"pass": 1, "queried": [1, 2, 3]}]
@@ -52,9 +45,9 @@ def test_images_without_detections_in_pass_0_are_queried_again(model_dir, datase
         assert {d["threshold"] for d in record["detections"]} == {0.0}
 
 
-def test_classes_found_in_pass_0_are_not_queried_again(model_dir, dataset):
+def test_classes_found_in_pass_0_are_not_queried_again(gdino_model_dir, dataset):
     records = _label(
-        model_dir,
+        gdino_model_dir,
         dataset,
         iteration_scheduler=[{"conf_threshold": 1.0}, {"conf_threshold": 0.0}],
         class_thresholds={"Star": 0.0},
@@ -67,13 +60,13 @@ def test_classes_found_in_pass_0_are_not_queried_again(model_dir, dataset):
         assert by_class == {"star": {(0, 0.0)}, "ring": {(1, 0.0)}, "traffic light": {(1, 0.0)}}
 
 
-def test_labeling_stops_when_nothing_is_left_to_query(model_dir, dataset):
-    records = _label(model_dir, dataset, schedule={"type": "step", "start": 0.0, "end": 0.0, "num_passes": 3})
+def test_labeling_stops_when_nothing_is_left_to_query(gdino_model_dir, dataset):
+    records = _label(gdino_model_dir, dataset, schedule={"type": "step", "start": 0.0, "end": 0.0, "num_passes": 3})
     assert all(r["passes"] == [{"pass": 0, "queried": [1, 2, 3]}] for r in records)
 
 
-def test_bf16_labeling_gives_boxes_inside_the_image(model_dir, dataset):
-    records = _label(model_dir, dataset, precision="bf16", iteration_scheduler=[{"conf_threshold": 0.0}])
+def test_bf16_labeling_gives_boxes_inside_the_image(gdino_model_dir, dataset):
+    records = _label(gdino_model_dir, dataset, precision="bf16", iteration_scheduler=[{"conf_threshold": 0.0}])
     for record in records:
         assert record["detections"]
         for d in record["detections"]:
@@ -87,16 +80,16 @@ def test_batches_hold_one_image_size_and_ranks_split_them():
     assert list(SizeGroupedBatchSampler(sizes, 2, rank=1, world_size=2)) == [[1, 5], [4]]
 
 
-def label_args(model_dir, *extra: str) -> list[str]:
+def label_args(gdino_model_dir, *extra: str) -> list[str]:
     """`gdino label` with the tiny model at the small test size, decoding in the main process, no progress bar."""
     return [
         "label",
         "--config",
         "configs/gdino/tiny.yaml",
         "--model.path",
-        str(model_dir),
+        str(gdino_model_dir),
         "--model.image_size",
-        json.dumps(SMALL),
+        json.dumps(SMALL_SIZE),
         "--data.num_workers",
         "0",
         "--trainer.enable_progress_bar",
@@ -116,10 +109,10 @@ def _write_image_tree(root, dataset):
     return images
 
 
-def test_label_command_writes_a_valid_deterministic_coco_file(model_dir, dataset, tmp_path, capsys):
+def test_label_command_writes_a_valid_deterministic_coco_file(gdino_model_dir, dataset, tmp_path, capsys):
     images = _write_image_tree(tmp_path, dataset)
     args = label_args(
-        model_dir,
+        gdino_model_dir,
         "--data.image_dir",
         str(images),
         "--data.class_names",
@@ -176,7 +169,7 @@ def test_label_command_writes_a_valid_deterministic_coco_file(model_dir, dataset
     assert again.read_bytes() == out.read_bytes()
 
 
-def test_label_keeps_coco_ids_and_images_without_detections(model_dir, dataset, tmp_path):
+def test_label_keeps_coco_ids_and_images_without_detections(gdino_model_dir, dataset, tmp_path):
     root, gt = dataset
     data = json.loads(gt.read_text())
     for image in data["images"]:
@@ -189,7 +182,7 @@ def test_label_keeps_coco_ids_and_images_without_detections(model_dir, dataset, 
     assert (
         main(
             label_args(
-                model_dir,
+                gdino_model_dir,
                 "--data.ann_path",
                 str(ann_path),
                 "--data.image_dir",
@@ -212,7 +205,7 @@ def test_label_keeps_coco_ids_and_images_without_detections(model_dir, dataset, 
     assert labels.annotations and {a["category_id"] for a in labels.annotations} == {40}  # star = shape 4
 
 
-def test_noun_chunk_mode_keeps_images_with_no_detection(model_dir, dataset, tmp_path):
+def test_noun_chunk_mode_keeps_images_with_no_detection(gdino_model_dir, dataset, tmp_path):
     root, _ = dataset
     chunks = tmp_path / "chunks.jsonl"
     chunks.write_text(
@@ -233,7 +226,7 @@ def test_noun_chunk_mode_keeps_images_with_no_detection(model_dir, dataset, tmp_
     assert (
         main(
             label_args(
-                model_dir,
+                gdino_model_dir,
                 "--data.noun_chunk_path",
                 str(chunks),
                 "--data.image_dir",
@@ -259,7 +252,7 @@ def test_noun_chunk_mode_keeps_images_with_no_detection(model_dir, dataset, tmp_
     assert odvg[1]["grounding"]["regions"] == []
 
 
-def test_evaluate_command_reports_ap_per_class(model_dir, dataset, tmp_path, capsys):
+def test_evaluate_command_reports_ap_per_class(gdino_model_dir, dataset, tmp_path, capsys):
     root, gt = dataset
     pred = json.loads(gt.read_text())
     for ann in pred["annotations"]:
@@ -287,8 +280,8 @@ def test_evaluate_command_reports_ap_per_class(model_dir, dataset, tmp_path, cap
         ),
     ],
 )
-def test_bad_input_gives_one_clear_error(model_dir, tmp_path, capsys, extra, message):
-    code = main(["label", "--model.path", str(model_dir), "--output", str(tmp_path / "o.json"), *extra])
+def test_bad_input_gives_one_clear_error(gdino_model_dir, tmp_path, capsys, extra, message):
+    code = main(["label", "--model.path", str(gdino_model_dir), "--output", str(tmp_path / "o.json"), *extra])
     err = capsys.readouterr().err
     assert code == 2 and message in err and "Traceback" not in err
 
@@ -310,7 +303,7 @@ def test_missing_model_is_a_clear_error(tmp_path, capsys):
     assert code == 2 and "does not exist" in capsys.readouterr().err
 
 
-def test_undecodable_image_alone_gives_an_error_record(model_dir, tmp_path):
+def test_undecodable_image_alone_gives_an_error_record(gdino_model_dir, tmp_path):
     images = tmp_path / "imgs"
     images.mkdir()
     (images / "bad.jpg").write_bytes(b"\xff\xd8 truncated")
@@ -320,7 +313,7 @@ def test_undecodable_image_alone_gives_an_error_record(model_dir, tmp_path):
             [
                 "label",
                 "--model.path",
-                str(model_dir),
+                str(gdino_model_dir),
                 "--data.image_dir",
                 str(images),
                 "--data.class_names",
@@ -337,7 +330,7 @@ def test_undecodable_image_alone_gives_an_error_record(model_dir, tmp_path):
     assert "bad.jpg" in (tmp_path / "labels.errors.jsonl").read_text()
 
 
-def test_two_ranks_write_the_same_file_as_one(model_dir, dataset, tmp_path):
+def test_two_ranks_write_the_same_file_as_one(gdino_model_dir, dataset, tmp_path):
     """Real processes through `python -m gdino`: DDP on CPU (gloo) must not change a byte."""
     args = [
         sys.executable,
@@ -345,9 +338,9 @@ def test_two_ranks_write_the_same_file_as_one(model_dir, dataset, tmp_path):
         "gdino",
         "label",
         "--model.path",
-        str(model_dir),
+        str(gdino_model_dir),
         "--model.image_size",
-        json.dumps(SMALL),
+        json.dumps(SMALL_SIZE),
         "--data.image_dir",
         str(dataset[0] / "images"),
         "--data.class_names",

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from gdino_helpers import needs_vocab, save_tiny_model_dir
+from gdino_helpers import SMALL_SIZE, needs_vocab
 
 from auto_label.synthetic import make_synthetic_coco
 from gdino.data import GroundingDinoDataModule
@@ -12,14 +12,7 @@ pytestmark = needs_vocab
 # enough names for several caption chunks at the tiny model's max_text_len of 32
 CLASSES = ["star", "ring", "traffic light", "ellipse", "rectangle", "triangle", "dog", "cat", "fire hydrant", "kite"]
 CLASSES += ["baseball bat", "tennis racket", "wine glass", "hot dog", "potted plant", "cell phone", "teddy bear"]
-SMALL = {"shortest_edge": 96, "longest_edge": 160}
 THREE_PASSES = [{"conf_threshold": 1.0}, {"conf_threshold": 1.0}, {"conf_threshold": 0.0}]
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    torch.set_num_threads(1)
-    return save_tiny_model_dir(tmp_path_factory.mktemp("model") / "tiny")
 
 
 @pytest.fixture(scope="module")
@@ -29,9 +22,9 @@ def image_dir(tmp_path_factory):
     return root / "images"
 
 
-def label(model_dir, image_dir, **model_kwargs):
+def label(gdino_model_dir, image_dir, **model_kwargs):
     data = GroundingDinoDataModule(image_dir=str(image_dir), class_names=CLASSES, batch_size=3)
-    labeler = GroundingDinoLabeler(str(model_dir), image_size=SMALL, aggregation="none", **model_kwargs)
+    labeler = GroundingDinoLabeler(str(gdino_model_dir), image_size=SMALL_SIZE, aggregation="none", **model_kwargs)
     labeler.set_vocabulary(data.vocabulary)
     calls = []
     scores = labeler._scores
@@ -45,9 +38,9 @@ def detections(records, keys=("class", "pass", "threshold")):
     return [sorted((tuple(d[k] for k in keys), tuple(d["bbox"]), d["score"]) for d in r["detections"]) for r in records]
 
 
-def test_reused_features_give_the_same_boxes_with_one_backbone_run_per_batch(model_dir, image_dir):
-    reused, labeler, forwards = label(model_dir, image_dir, iteration_scheduler=THREE_PASSES)
-    fresh, plain, _ = label(model_dir, image_dir, iteration_scheduler=THREE_PASSES, reuse_features=False)
+def test_reused_features_give_the_same_boxes_with_one_backbone_run_per_batch(gdino_model_dir, image_dir):
+    reused, labeler, forwards = label(gdino_model_dir, image_dir, iteration_scheduler=THREE_PASSES)
+    fresh, plain, _ = label(gdino_model_dir, image_dir, iteration_scheduler=THREE_PASSES, reuse_features=False)
     assert plain.feature_cache is None
     chunks = len(labeler.prompt_tokens.chunks(tuple(range(len(CLASSES)))))
     assert chunks >= 2 and forwards == 3 * chunks  # 3 passes x chunks forwards ...
@@ -59,14 +52,14 @@ def test_reused_features_give_the_same_boxes_with_one_backbone_run_per_batch(mod
         assert [x[2] for x in a] == pytest.approx([x[2] for x in b], abs=2e-4)
 
 
-def test_threshold_annealing_rereads_pass_0_scores_without_another_forward(model_dir, image_dir):
+def test_threshold_annealing_rereads_pass_0_scores_without_another_forward(gdino_model_dir, image_dir):
     passes = [{"conf_threshold": 1.0}, {"conf_threshold": 0.0}]
     annealed, labeler, forwards = label(
-        model_dir, image_dir, iteration_scheduler=passes, class_thresholds={"Star": 0.0}, annealing="threshold"
+        gdino_model_dir, image_dir, iteration_scheduler=passes, class_thresholds={"Star": 0.0}, annealing="threshold"
     )
     chunks = len(labeler.prompt_tokens.chunks(tuple(range(len(CLASSES)))))
     assert forwards == chunks  # pass 0 only
-    once, _, _ = label(model_dir, image_dir, iteration_scheduler=[{"conf_threshold": 0.0}])
+    once, _, _ = label(gdino_model_dir, image_dir, iteration_scheduler=[{"conf_threshold": 0.0}])
     for record, single in zip(annealed, once):
         assert record["passes"][0] == {"pass": 0, "queried": list(range(1, len(CLASSES) + 1))}
         assert record["passes"][1]["queried"] == list(range(2, len(CLASSES) + 1))  # star was found in pass 0
@@ -75,4 +68,4 @@ def test_threshold_annealing_rereads_pass_0_scores_without_another_forward(model
         assert {d["pass"] for d in record["detections"] if d["class"] != "star"} == {1}
         assert detections([record], ("class",)) == detections([single], ("class",))
     with pytest.raises(ValueError, match="model.annealing"):
-        GroundingDinoLabeler(str(model_dir), annealing="sometimes")
+        GroundingDinoLabeler(str(gdino_model_dir), annealing="sometimes")

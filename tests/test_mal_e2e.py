@@ -1,14 +1,13 @@
 """Fit a tiny MAL for a few steps on synthetic data, predict every box, check the file against COCO."""
 
 import json
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, TINY_MAL_ARGS
+from bad_inputs import CROWD_ANNOTATION, run_module
+from conftest import TINY_MAL_ARGS
 
 from auto_label.coco import CocoFormatError
 from auto_label.masks import segmentation_to_mask
@@ -54,17 +53,7 @@ def predict_input(synthetic, tmp_path) -> Path:
     data = json.loads(synthetic["val"].read_text())
     anns = data["annotations"]
     next_id = max(a["id"] for a in anns) + 1
-    anns.append(
-        {
-            "id": next_id,
-            "image_id": 1,
-            "category_id": 1,
-            "bbox": [5, 5, 20, 20],
-            "iscrowd": 1,
-            "segmentation": {"size": [96, 128], "counts": [0, 96 * 128]},
-            "area": 96 * 128,
-        }
-    )
+    anns.append({**CROWD_ANNOTATION, "id": next_id})
     anns.append({"id": next_id + 1, "image_id": 2, "category_id": 2, "bbox": [40, 30, 0, 12], "iscrowd": 0})
     anns.append({"id": next_id + 2, "image_id": 3, "category_id": 3, "bbox": [10.2, 10.7, 1, 1], "score": 0.25})
     for ann in anns[:-3]:
@@ -187,22 +176,14 @@ def test_resume_continues_from_the_checkpoint(trained, synthetic):
 def test_cli_reports_bad_input_without_traceback(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"images": [], "annotations": [], "categories": [{"id": "x", "name": "a"}]}))
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mal",
-            "predict",
-            *TINY_MAL_ARGS,
-            "--data.predict_ann_path",
-            str(bad),
-            "--writer.label_dump_path",
-            str(tmp_path / "out.json"),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=300,
+    result = run_module(
+        "mal",
+        "predict",
+        *TINY_MAL_ARGS,
+        "--data.predict_ann_path",
+        str(bad),
+        "--writer.label_dump_path",
+        str(tmp_path / "out.json"),
     )
     assert result.returncode == 2
     assert "categories[0] (id 'x'): field 'id': must be an integer" in result.stderr
