@@ -168,4 +168,32 @@ def load_detector(
         raise GDinoError("model.tokenizer: required for a .pth checkpoint (a directory with vocab.txt)")
     image_processor = _load_image_processor(source) if source.is_dir() else GroundingDinoImageProcessor()
     dtype = PRECISIONS[precision]
-    return Detector(model.to(dtype).eval(), _load_tokenizer(token_dir), image_processor, dtype)
+    model = model.to(dtype).eval()
+    if dtype != torch.float32:
+        sample_in_fp32(model)
+    return Detector(model, _load_tokenizer(token_dir), image_processor, dtype)
+
+
+def sample_in_fp32(model: torch.nn.Module) -> None:
+    """Run multi-scale deformable sampling (grid_sample + weighted sum) in fp32 in a bf16/fp16 model.
+
+    PyTorch's CPU grid_sample in bf16 returns garbage for the strided value maps this sampling passes
+    it (NaN and 1e21 from values below 5 with torch 2.15, tests/test_gdino_model.py): a bf16 model's
+    encoder output was all NaN at 800x1333. The original CUDA kernel also samples in fp32. Patched on
+    the instances, so weights and their names are untouched.
+    """
+    for module in model.modules():
+        if type(module).__name__ == "MultiScaleDeformableAttention":
+            module.forward = _forward_in_fp32(module.forward)
+
+
+def _forward_in_fp32(forward):
+    def wrapped(value, *args, **kwargs):
+        def up(x):
+            return x.float() if isinstance(x, torch.Tensor) and x.is_floating_point() else x
+
+        args = [up(x) for x in args]
+        kwargs = {k: up(x) for k, x in kwargs.items()}
+        return forward(value.float(), *args, **kwargs).to(value.dtype)
+
+    return wrapped

@@ -2,7 +2,9 @@
 
 Pass k asks the model only about the (image, class) pairs that have no box yet, with the k-th,
 usually lower, confidence threshold; images with no detection at all are asked about every class
-again (TAO never re-queries them). Labeling stops as soon as nothing is left to ask. Boxes from all
+again (TAO never re-queries them). Labeling stops as soon as nothing is left to ask. A caption that an
+image was already asked, unchanged since, is answered from that forward's scores: the model's answer
+depends only on the image and the caption. Boxes from all
 chunks and passes are then merged (see gdino.aggregate); each box keeps the pass and threshold that
 produced it.
 """
@@ -21,7 +23,7 @@ from gdino.cache import FeatureCache
 from gdino.errors import GDinoError
 from gdino.model import load_detector
 from gdino.prompts import PromptTokenizer, sanitize_name
-from gdino.schedule import ANNEALING_MODES, build_schedule, class_threshold_table, plan_pass, select_pairs
+from gdino.schedule import ANNEALING_MODES, asked_prompts, build_schedule, class_threshold_table, select_pairs
 
 
 class GroundingDinoLabeler(L.LightningModule):
@@ -44,7 +46,9 @@ class GroundingDinoLabeler(L.LightningModule):
             one forward per chunk over the whole vocabulary; later passes lower the threshold on those same
             scores for the classes still missing (no further forward).
         reuse_features: run the image backbone once per batch and reuse its features in every pass and
-            caption chunk; encode each caption once (not once per image and pass). Same boxes, less work.
+            caption chunk; encode each caption once (not once per image and pass); answer a caption that an
+            image was already asked (none of its classes found since) from that forward's scores instead of
+            running it again. Same boxes, less work; false pays TAO's full cost (for comparisons).
     """
 
     def __init__(
@@ -84,6 +88,7 @@ class GroundingDinoLabeler(L.LightningModule):
         self.vocabulary = None
         self.annealing = annealing
         self.feature_cache = FeatureCache(self.model) if reuse_features else None
+        self.reuse_answers = reuse_features
 
     def set_vocabulary(self, vocabulary) -> None:
         """Tokenise the prompts once and resolve per-class thresholds against the class names."""
@@ -135,29 +140,63 @@ class GroundingDinoLabeler(L.LightningModule):
         positive_map = chunk.positive_map(out.logits.shape[-1], self.device)
         return out.logits.float().sigmoid() @ positive_map.T, out.pred_boxes.float()
 
-    def _query(self, pixel_values, pixel_mask, chunk, step, scale, rows=None, raw=None) -> list[tuple]:
-        """One caption over same-size images: per image (boxes xyxy px, scores, prompts, thresholds).
-
-        `raw`: per image a list that receives (boxes xyxy px, all scores, prompts) for threshold annealing.
-        """
-        vocab = self.vocabulary
-        chunk_prompts = torch.tensor(chunk.prompts, device=self.device)
-        thresholds = torch.tensor(
-            [self.threshold_override.get(vocab.prompt_class[p], step.conf_threshold) for p in chunk.prompts],
-            device=self.device,
-        )
+    def _answers(self, pixel_values, pixel_mask, chunk, scale, rows) -> list[tuple]:
+        """One caption over same-size images: per image (boxes xyxy px, scores per query and prompt, prompts)."""
         scores, boxes = self._scores(pixel_values, pixel_mask, chunk, rows)
         xyxy = torch.minimum((box_convert(boxes, "cxcywh", "xyxy") * scale).clamp_min(0), scale)
-        hits = []
-        for j in range(len(scores)):
-            if raw is not None:
-                raw[j].append((xyxy[j], scores[j], chunk_prompts))
-            q, c = select_pairs(scores[j], thresholds)
-            hits.append((xyxy[j, q], scores[j, q, c], chunk_prompts[c], thresholds[c]))
+        prompts = torch.tensor(chunk.prompts, device=self.device)
+        return [(xyxy[j], scores[j], prompts) for j in range(len(scores))]
+
+    def _select(self, answer: tuple, asked: set[int], step) -> tuple:
+        """The (box, score, prompt, threshold) of one caption's answer above this pass's thresholds, for `asked`."""
+        xyxy, scores, chunk_prompts = answer
+        vocab = self.vocabulary
+        prompts = chunk_prompts.tolist()
+        thresholds = torch.tensor(
+            [self.threshold_override.get(vocab.prompt_class[p], step.conf_threshold) for p in prompts],
+            device=scores.device,
+        )
+        is_asked = torch.tensor([p in asked for p in prompts], device=scores.device)
+        q, c = select_pairs(scores, torch.where(is_asked, thresholds, torch.inf))
+        return xyxy[q], scores[q, c], chunk_prompts[c], thresholds[c]
+
+    def _ask(self, step, asked, captions, last, pixel_values, pixel_mask, scale) -> list[list[tuple]]:
+        """One pass: per image, the hits of each of its captions narrowed to the prompts still `asked`.
+
+        `last[i][n]` holds image i's latest (prompts, answer) for its caption n and is updated here. A
+        caption asked again unchanged (or any caption, under threshold annealing) is answered from it;
+        the rest run as one forward per distinct caption over all the images that ask it.
+        """
+        hits: list[list[tuple]] = [[] for _ in asked]
+        to_run: dict[tuple, tuple] = {}  # prompts -> (chunk, [(image, caption index)])
+        for i, todo in enumerate(asked):
+            todo = set(todo)
+            for n, caption in enumerate(captions[i]):
+                chunk = self.prompt_tokens.narrow(caption, todo)
+                if chunk is None:
+                    continue
+                earlier = last[i].get(n)
+                if earlier is not None and (
+                    self.annealing == "threshold" or (self.reuse_answers and earlier[0] == chunk.prompts)
+                ):
+                    hits[i].append(self._select(earlier[1], todo, step))
+                else:
+                    to_run.setdefault(chunk.prompts, (chunk, []))[1].append((i, n))
+        for chunk, members in to_run.values():
+            rows = [i for i, _ in members]
+            answers = self._answers(pixel_values[rows], pixel_mask[rows], chunk, scale, rows)
+            for (i, n), answer in zip(members, answers):
+                last[i][n] = (chunk.prompts, answer)
+                hits[i].append(self._select(answer, set(chunk.prompts), step))
         return hits
 
     def label_images(self, records: list[dict]) -> list[dict]:
-        """Run every pass over same-size images and return their merged detections."""
+        """Run every pass over same-size images and return their merged detections.
+
+        Each image's prompts are packed into captions once; pass k asks each caption again, less the
+        classes already found. A caption that is the same as this image's last forward with it (nothing
+        of it was found, or threshold annealing) is answered from that forward's scores.
+        """
         vocab = self.vocabulary
         items = [r["item"] for r in records]
         height, width = records[0]["image"].shape[:2]
@@ -171,33 +210,23 @@ class GroundingDinoLabeler(L.LightningModule):
         prompt_class = torch.tensor(vocab.prompt_class, device=self.device)
         all_prompts = tuple(range(len(vocab.prompts)))
         image_prompts = [it.prompts if it.prompts is not None else all_prompts for it in items]
+        captions = [self.prompt_tokens.chunks(prompts) for prompts in image_prompts]
         remaining = [{vocab.prompt_class[p] for p in prompts} for prompts in image_prompts]
         found: list[list[tuple]] = [[] for _ in items]  # per pass: (boxes, scores, prompts, thresholds, pass)
         trace: list[list[dict]] = [[] for _ in items]
-        first: list[list[tuple]] = [[] for _ in items]  # threshold annealing: pass 0's scores per image
+        last: list[dict[int, tuple]] = [{} for _ in items]  # per image and caption: (prompts, answer) last asked
         if self.feature_cache is not None:
             self.feature_cache.begin(pixel_values, pixel_mask)
         try:
             for k, step in enumerate(self.passes):
-                plan = plan_pass(image_prompts, vocab.prompt_class, remaining)
-                if not plan:
+                asked = asked_prompts(image_prompts, vocab.prompt_class, remaining)
+                if not any(asked):
                     break
-                new: list[list[tuple]] = [[] for _ in items]
-                for prompts, members in plan.items():
-                    queried = sorted({vocab.category_ids[vocab.prompt_class[p]] for p in prompts})
-                    for i in members:
-                        trace[i].append({"pass": k, "queried": queried})
-                    if k > 0 and self.annealing == "threshold":  # no forward: pass 0's scores, this threshold
-                        for i in members:
-                            new[i].extend(self._rethreshold(raw, prompts, step) for raw in first[i])
-                        continue
-                    threshold_raw = [first[i] for i in members] if self.annealing == "threshold" else None
-                    for chunk in self.prompt_tokens.chunks(prompts):
-                        hits = self._query(
-                            pixel_values[members], pixel_mask[members], chunk, step, scale, members, threshold_raw
-                        )
-                        for i, hit in zip(members, hits):
-                            new[i].append(hit)
+                for i, todo in enumerate(asked):
+                    if todo:
+                        queried = {vocab.category_ids[vocab.prompt_class[p]] for p in todo}
+                        trace[i].append({"pass": k, "queried": sorted(queried)})
+                new = self._ask(step, asked, captions, last, pixel_values, pixel_mask, scale)
                 for i, parts in enumerate(new):
                     if not parts:  # not queried in this pass
                         continue
@@ -218,18 +247,6 @@ class GroundingDinoLabeler(L.LightningModule):
             if self.feature_cache is not None:
                 self.feature_cache.end()
         return [self._record(it, height, width, parts, tr) for it, parts, tr in zip(items, found, trace)]
-
-    def _rethreshold(self, raw: tuple, prompts: tuple[int, ...], step) -> tuple:
-        """Threshold annealing: pass 0's scores of one chunk, read again at this pass's thresholds, for `prompts`."""
-        xyxy, scores, chunk_prompts = raw
-        vocab = self.vocabulary
-        thresholds = torch.tensor(
-            [self.threshold_override.get(vocab.prompt_class[p], step.conf_threshold) for p in chunk_prompts.tolist()],
-            device=scores.device,
-        )
-        asked = torch.isin(chunk_prompts, torch.tensor(prompts, device=chunk_prompts.device))
-        q, c = select_pairs(scores, torch.where(asked, thresholds, torch.inf))
-        return xyxy[q], scores[q, c], chunk_prompts[c], thresholds[c]
 
     def _record(self, item, height: int, width: int, parts: list[tuple], trace: list[dict]) -> dict:
         vocab = self.vocabulary

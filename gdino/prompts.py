@@ -97,6 +97,18 @@ class PromptTokenizer:
             self._cache[key] = self._pack(key)
         return self._cache[key]
 
+    def narrow(self, chunk: Chunk, prompt_ids: set[int]) -> Chunk | None:
+        """The caption of `chunk`'s prompts that are in `prompt_ids`, in the chunk's order (None if none are).
+
+        Later passes ask each first-pass caption again, less its classes already found, instead of
+        packing the missing classes anew: a caption whose classes were all missed stays the same, so its
+        earlier answer can be reused. A subset of a caption that fits also fits.
+        """
+        kept = tuple(p for p in chunk.prompts if p in prompt_ids)
+        if kept == chunk.prompts:
+            return chunk
+        return self.chunks(kept)[0] if kept else None
+
     def _pack(self, prompt_ids: tuple[int, ...]) -> list[Chunk]:
         chunks, current = [], []
         used = 2  # [CLS] and [SEP]

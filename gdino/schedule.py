@@ -94,20 +94,14 @@ def class_threshold_table(
     return table
 
 
-def plan_pass(
+def asked_prompts(
     image_prompts: Sequence[Sequence[int]], prompt_class: Sequence[int], remaining: Sequence[set[int]]
-) -> dict[tuple[int, ...], list[int]]:
-    """Group images by the prompts still to query: those whose class has no box yet in that image.
+) -> list[tuple[int, ...]]:
+    """Per image, the prompts still to query: those whose class has no box yet in that image.
 
-    An image with no detection at all keeps every prompt; an image with nothing left is not queried.
-    Images asking the same question share one forward pass (and one caption, so no text padding).
+    An image with no detection at all keeps every prompt; an image with nothing left gets ().
     """
-    plan: dict[tuple[int, ...], list[int]] = {}
-    for image, (prompts, left) in enumerate(zip(image_prompts, remaining)):
-        todo = tuple(p for p in prompts if prompt_class[p] in left)
-        if todo:
-            plan.setdefault(todo, []).append(image)
-    return plan
+    return [tuple(p for p in prompts if prompt_class[p] in left) for prompts, left in zip(image_prompts, remaining)]
 
 
 def select_pairs(scores, thresholds):

@@ -85,6 +85,15 @@ def test_chunking_a_subset_keeps_the_given_order(tokenizer):
     assert [c.prompts for c in packer.chunks(range(4))] == [(0, 1, 2), (3,)]
 
 
+def test_narrowing_a_caption_keeps_its_order_and_only_its_prompts(tokenizer):
+    packer = PromptTokenizer(tokenizer, ["a", "b", "c", "d"], max_text_len=8)
+    first, second = packer.chunks([2, 0, 1, 3])  # (2, 0, 1), (3,)
+    assert packer.narrow(first, {0, 1, 2, 3}) is first  # nothing found: the same caption, answerable again
+    assert packer.narrow(first, {1, 2, 3}).prompts == (2, 1)  # 0 found: the caption less 0, in its order
+    assert packer.narrow(first, {1, 2, 3}).caption == "c . b ."
+    assert packer.narrow(second, {0, 1, 2}) is None
+
+
 def test_a_name_longer_than_the_text_limit_is_an_error(tokenizer):
     with pytest.raises(GDinoError, match="'a very long name indeed'.*max_text_len 6"):
         PromptTokenizer(tokenizer, ["car", "a very long name indeed"], max_text_len=6)

@@ -38,18 +38,42 @@ def detections(records, keys=("class", "pass", "threshold")):
     return [sorted((tuple(d[k] for k in keys), tuple(d["bbox"]), d["score"]) for d in r["detections"]) for r in records]
 
 
-def test_reused_features_give_the_same_boxes_with_one_backbone_run_per_batch(gdino_model_dir, image_dir):
-    reused, labeler, forwards = label(gdino_model_dir, image_dir, iteration_scheduler=THREE_PASSES)
-    fresh, plain, _ = label(gdino_model_dir, image_dir, iteration_scheduler=THREE_PASSES, reuse_features=False)
-    assert plain.feature_cache is None
-    chunks = len(labeler.prompt_tokens.chunks(tuple(range(len(CLASSES)))))
-    assert chunks >= 2 and forwards == 3 * chunks  # 3 passes x chunks forwards ...
-    assert labeler.feature_cache.backbone_runs == 1  # ... but one backbone run (one batch of same-size images)
-    assert labeler.feature_cache.text_runs == chunks  # and each caption encoded once
+def assert_same_detections(reused, fresh):
     assert [r["passes"] for r in reused] == [r["passes"] for r in fresh]
     for a, b in zip(detections(reused), detections(fresh)):
         assert [x[:2] for x in a] == [x[:2] for x in b]
         assert [x[2] for x in a] == pytest.approx([x[2] for x in b], abs=2e-4)
+
+
+def test_reused_features_give_the_same_boxes_with_one_backbone_run_per_batch(gdino_model_dir, image_dir):
+    reused, labeler, forwards = label(gdino_model_dir, image_dir, iteration_scheduler=THREE_PASSES)
+    fresh, plain, fresh_forwards = label(
+        gdino_model_dir, image_dir, iteration_scheduler=THREE_PASSES, reuse_features=False
+    )
+    assert plain.feature_cache is None
+    chunks = len(labeler.prompt_tokens.chunks(tuple(range(len(CLASSES)))))
+    assert chunks >= 2 and fresh_forwards == 3 * chunks  # TAO's cost: 3 passes x chunks forwards
+    # nothing passes 1.0, so passes 1 and 2 ask the very same captions: answered from pass 0's forwards
+    assert forwards == chunks
+    assert labeler.feature_cache.backbone_runs == 1  # one backbone run (one batch of same-size images)
+    assert labeler.feature_cache.text_runs == chunks  # and each caption encoded once
+    assert_same_detections(reused, fresh)
+
+
+def test_only_captions_that_lost_a_found_class_run_again(gdino_model_dir, image_dir):
+    # star (threshold 0) is found in pass 0 in every image; nothing else before pass 2
+    kwargs = {"iteration_scheduler": THREE_PASSES, "class_thresholds": {"star": 0.0}}
+    reused, labeler, forwards = label(gdino_model_dir, image_dir, **kwargs)
+    fresh, _, fresh_forwards = label(gdino_model_dir, image_dir, reuse_features=False, **kwargs)
+    chunks = labeler.prompt_tokens.chunks(tuple(range(len(CLASSES))))
+    assert len(chunks) >= 2 and CLASSES.index("star") in chunks[0].prompts
+    # pass 0: every caption; pass 1: only the first caption, less star; pass 2: nothing new
+    assert forwards == len(chunks) + 1 and fresh_forwards == 3 * len(chunks)
+    assert labeler.feature_cache.text_runs == len(chunks) + 1
+    for record in reused:
+        assert {d["pass"] for d in record["detections"] if d["class"] == "star"} == {0}
+        assert {d["pass"] for d in record["detections"] if d["class"] != "star"} == {2}
+    assert_same_detections(reused, fresh)
 
 
 def test_threshold_annealing_rereads_pass_0_scores_without_another_forward(gdino_model_dir, image_dir):

@@ -5,7 +5,7 @@ import torch
 
 from gdino.errors import GDinoError
 from gdino.prompts import sanitize_name
-from gdino.schedule import Pass, build_schedule, class_threshold_table, plan_pass, select_pairs
+from gdino.schedule import Pass, asked_prompts, build_schedule, class_threshold_table, select_pairs
 
 
 def test_tao_default_and_explicit_list():
@@ -49,14 +49,14 @@ def test_class_thresholds_are_matched_by_sanitised_name():
         class_threshold_table({"dog": 0.2}, ["person"], sanitize_name)
 
 
-def test_plan_requeries_images_without_detections_and_skips_found_classes():
+def test_requery_asks_images_without_detections_and_skips_found_classes():
     # prompts 0, 1 -> class 0 (synonyms), prompt 2 -> class 1
     prompt_class = [0, 0, 1]
     prompts = [(0, 1, 2)] * 3
     # image 0 found class 0, image 1 found nothing, image 2 found everything
     remaining = [{1}, {0, 1}, set()]
-    assert plan_pass(prompts, prompt_class, remaining) == {(2,): [0], (0, 1, 2): [1]}
-    assert plan_pass(prompts, prompt_class, [set()] * 3) == {}
+    assert asked_prompts(prompts, prompt_class, remaining) == [(2,), (0, 1, 2), ()]
+    assert asked_prompts(prompts, prompt_class, [set()] * 3) == [(), (), ()]
 
 
 def test_select_pairs_uses_each_prompts_threshold_strictly():
