@@ -26,6 +26,7 @@ from transformers import (
 )
 
 from gdino.convert import key_listing, load_idea_checkpoint
+from gdino.deformable import use_level_sampling
 from gdino.errors import GDinoError
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -169,31 +170,5 @@ def load_detector(
     image_processor = _load_image_processor(source) if source.is_dir() else GroundingDinoImageProcessor()
     dtype = PRECISIONS[precision]
     model = model.to(dtype).eval()
-    if dtype != torch.float32:
-        sample_in_fp32(model)
+    use_level_sampling(model)
     return Detector(model, _load_tokenizer(token_dir), image_processor, dtype)
-
-
-def sample_in_fp32(model: torch.nn.Module) -> None:
-    """Run multi-scale deformable sampling (grid_sample + weighted sum) in fp32 in a bf16/fp16 model.
-
-    PyTorch's CPU grid_sample in bf16 returns garbage for the strided value maps this sampling passes
-    it (NaN and 1e21 from values below 5 with torch 2.15, tests/test_gdino_model.py): a bf16 model's
-    encoder output was all NaN at 800x1333. The original CUDA kernel also samples in fp32. Patched on
-    the instances, so weights and their names are untouched.
-    """
-    for module in model.modules():
-        if type(module).__name__ == "MultiScaleDeformableAttention":
-            module.forward = _forward_in_fp32(module.forward)
-
-
-def _forward_in_fp32(forward):
-    def wrapped(value, *args, **kwargs):
-        def up(x):
-            return x.float() if isinstance(x, torch.Tensor) and x.is_floating_point() else x
-
-        args = [up(x) for x in args]
-        kwargs = {k: up(x) for k, x in kwargs.items()}
-        return forward(value.float(), *args, **kwargs).to(value.dtype)
-
-    return wrapped

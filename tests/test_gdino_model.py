@@ -7,6 +7,7 @@ import torch
 from gdino_helpers import VOCAB_DIR, needs_vocab, save_tiny_model_dir, tiny_model, to_idea_layout
 
 from gdino.convert import convert_state_dict, strip_wrappers
+from gdino.deformable import use_level_sampling
 from gdino.errors import GDinoError
 from gdino.model import load_detector
 
@@ -51,6 +52,7 @@ def _inputs():
 def reference():
     torch.set_num_threads(1)
     model = tiny_model(seed=3)
+    use_level_sampling(model)  # as load_detector does, so that outputs compare exactly
     with torch.no_grad():
         out = model(**_inputs())
     return model, out
@@ -114,7 +116,7 @@ def test_hf_directory_loads_through_auto_classes_in_each_precision(tmp_path, ref
         load_detector(str(directory), precision="int8")
 
 
-def test_bf16_detector_samples_in_fp32(tmp_path):
+def test_deformable_sampling_is_transformers_sum_in_fp32(tmp_path):
     # CPU grid_sample in bf16 returns garbage on the strided maps deformable attention samples (torch 2.15)
     model = load_detector(str(save_tiny_model_dir(tmp_path / "tiny", seed=3)), precision="bf16").model
     attn = next(m for m in model.modules() if type(m).__name__ == "MultiScaleDeformableAttention")
@@ -131,6 +133,9 @@ def test_bf16_detector_samples_in_fp32(tmp_path):
     out = attn(value, *args, locations, weights, 64)
     assert out.dtype == torch.bfloat16 and out.isfinite().all()
     assert (out.float() - expected).abs().max() < 0.02  # the output's own bf16 rounding
+    # level by level, the same sums as transformers' stacked implementation
+    same = attn(value.float(), *args, locations.float(), weights.float(), 64)
+    assert same.dtype == torch.float32 and torch.allclose(same, expected, atol=1e-5)
 
 
 def test_mm_grounding_dino_directory_loads_through_auto_classes(tmp_path):
