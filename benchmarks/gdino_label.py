@@ -74,7 +74,7 @@ def class_names(count: int) -> list[str]:
     return names
 
 
-def save_model(path: Path, config: GroundingDinoConfig, logit_scale: float) -> Path:
+def save_model(path: Path, config: GroundingDinoConfig, logit_scale: float = 1.0) -> Path:
     """Random weights, with the decoder's last norm scaled by `logit_scale` so that class logits stay below
     ~12: unscaled random logits saturate the sigmoid (most scores are exactly 1.0 in float32), and then no
     threshold can make a pass find some classes and miss others."""
