@@ -4,9 +4,8 @@ Pass k asks the model only about the (image, class) pairs that have no box yet, 
 usually lower, confidence threshold; images with no detection at all are asked about every class
 again (TAO never re-queries them). Labeling stops as soon as nothing is left to ask. A caption that an
 image was already asked, unchanged since, is answered from that forward's scores: the model's answer
-depends only on the image and the caption. Boxes from all
-chunks and passes are then merged (see gdino.aggregate); each box keeps the pass and threshold that
-produced it.
+depends only on the image and the caption. Boxes from all chunks and passes are then merged (see
+gdino.aggregate); each box keeps the pass and threshold that produced it.
 """
 
 from __future__ import annotations
