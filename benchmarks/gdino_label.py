@@ -39,6 +39,7 @@ from auto_label.synthetic import make_synthetic_coco
 from gdino.data import GroundingDinoDataModule
 from gdino.model import idea_config, small_config
 from gdino.module import GroundingDinoLabeler
+from gdino.schedule import Pass
 
 REPO = Path(__file__).resolve().parents[1]
 VOCAB_DIR = REPO.parent / "shared" / "models" / "bert-base-uncased"
@@ -120,10 +121,9 @@ def found_per_pass(records: list[dict], passes: int) -> list[float]:
     """Mean classes per image found in each pass but the last (from the classes each pass queried)."""
     found = [0.0] * (passes - 1)
     for r in records:
-        queried = [len(p["queried"]) for p in r["passes"]] + [0] * passes
+        queried = [len(p["queried"]) for p in r["passes"]] + [0] * passes  # not queried: nothing left to find
         for k in range(passes - 1):
-            if k < len(r["passes"]):
-                found[k] += (queried[k] - queried[k + 1]) / len(records)
+            found[k] += (queried[k] - queried[k + 1]) / len(records)
     return found
 
 
@@ -134,7 +134,7 @@ def run(
 
     `max_scores`: a list that receives each forward's best score per prompt (images x prompts).
     """
-    labeler.passes = [type(labeler.passes[0])(p["conf_threshold"], 0.0) for p in passes]
+    labeler.passes = [Pass(p["conf_threshold"]) for p in passes]
     labeler.annealing = annealing
     data = GroundingDinoDataModule(image_dir=str(image_dir), class_names=names, batch_size=1, num_workers=0)
     labeler.set_vocabulary(data.vocabulary)
@@ -227,7 +227,7 @@ def flops_by_part(labeler, image_dir: Path, names: list[str]) -> dict:
     """
     from torch.utils.flop_counter import FlopCounterMode
 
-    labeler.passes = [type(labeler.passes[0])(1.0, 0.0)]
+    labeler.passes = [Pass(1.0)]
     data = GroundingDinoDataModule(image_dir=str(image_dir), class_names=names, batch_size=1, num_workers=0)
     labeler.set_vocabulary(data.vocabulary)
     counter = FlopCounterMode(display=False)
@@ -235,8 +235,13 @@ def flops_by_part(labeler, image_dir: Path, names: list[str]) -> dict:
         labeler.predict_step(next(iter(data.predict_dataloader())))
     counts = {name: sum(ops.values()) / 1e9 for name, ops in counter.get_flop_counts().items()}
     top = type(labeler.model).__name__ + ".model."
-    names = {"backbone": "backbone", "text encoder": "text_backbone", "fusion encoder": "encoder", "decoder": "decoder"}
-    parts = {part: counts.get(top + name, 0.0) for part, name in names.items()}
+    modules = {
+        "backbone": "backbone",
+        "text encoder": "text_backbone",
+        "fusion encoder": "encoder",
+        "decoder": "decoder",
+    }
+    parts = {part: counts.get(top + module, 0.0) for part, module in modules.items()}
     parts["rest of model"] = counts["Global"] - sum(parts.values())
     total = counts["Global"]
     caption_free = parts["backbone"] + parts["text encoder"]
