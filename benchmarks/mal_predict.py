@@ -14,6 +14,7 @@ Prints Markdown tables for BENCHMARKS.md and writes results.json.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -221,7 +222,16 @@ def bucket_flops(ann_path: Path, flops: dict[int, float]) -> float:
     return float(sum(flops[int(b)] for b in size_bucket(areas)))
 
 
-def bench_dataset(name, ann_path, img_dir, module, cfg, args, out: Path, flops, ceilings) -> dict:
+def median_run(runs: list[dict], speed: str) -> dict:
+    """The run with the median speed, and every round's speed beside it."""
+    ordered = sorted(runs, key=lambda run: run[speed])
+    return {**ordered[len(ordered) // 2], "rounds": [run[speed] for run in runs]}
+
+
+def bench_dataset(name, ann_path, img_dir, module, compiled, cfg, args, out: Path, flops, ceilings) -> dict:
+    """Our path over the whole set once; then, on its first images, `--rounds` rounds that each run our path
+    (bf16; compiled and fp32 when asked) and the reference one after the other. Single runs on this machine
+    vary by 10-15%, so each ratio is the median of the rounds' ratios, with their range."""
     hp = module.hparams
     result = {"dataset": name}
     ours = run_ours(
@@ -235,31 +245,51 @@ def bench_dataset(name, ann_path, img_dir, module, cfg, args, out: Path, flops, 
     print(f"[{name}] ours bf16: {ours['boxes_per_s']:.1f} boxes/s, {ours['images_per_s']:.2f} images/s", flush=True)
 
     small = subset(ann_path, args.reference_images, out / f"{name}_subset.json")
-    ours_small = run_ours(
-        module, cfg, small, img_dir, out / f"{name}_subset_ours.json", "bf16-mixed", args.eval_batch_size, args.workers
-    )
-    ours_small["achieved_gflops"] = bucket_flops(small, flops) / ours_small["loop_s"] / 1e9
-    result["ours_bf16_subset"] = ours_small
+    small_flops = bucket_flops(small, flops)
+    batch = args.eval_batch_size
+    paths = {"ours_bf16_subset": (module, "bf16-mixed")}
+    if compiled is not None:
+        paths["ours_bf16_compiled_subset"] = (compiled, "bf16-mixed")
     if not args.skip_fp32:
-        ours_fp32 = run_ours(
-            module, cfg, small, img_dir, out / f"{name}_subset_fp32.json", "32-true", args.eval_batch_size, args.workers
+        paths["ours_fp32_subset"] = (module, "32-true")
+    if compiled is not None:  # the first run compiles (once per process: the batch size is dynamic)
+        warmup = run_ours(
+            compiled, cfg, small, img_dir, out / f"{name}_compile.json", "bf16-mixed", batch, args.workers
         )
-        ours_fp32["achieved_gflops"] = bucket_flops(small, flops) / ours_fp32["loop_s"] / 1e9
-        ours_fp32["fraction_of_fp32_matmul"] = ours_fp32["achieved_gflops"] * 1e9 / ceilings["fp32"]
-        result["ours_fp32_subset"] = ours_fp32
-    reference = reference_predict(
-        module.student, small, img_dir, hp.crop_size, hp.loss_size, module.mask_thresholds, args.reference_images
-    )
-    reference["achieved_gflops"] = bucket_flops(small, flops) / reference["seconds"] / 1e9
-    reference["fraction_of_fp32_matmul"] = reference["achieved_gflops"] * 1e9 / ceilings["fp32"]
-    reference["mask_iou_vs_ours"] = agreement(reference.pop("masks"), ours_small["output"], small)
-    result["reference_subset"] = reference
-    result["speedup_vs_reference"] = ours_small["boxes_per_s"] / reference["boxes_per_s"]
-    if "ours_fp32_subset" in result:
-        result["speedup_fp32_vs_reference"] = result["ours_fp32_subset"]["boxes_per_s"] / reference["boxes_per_s"]
+        result["compiled_first_run_s"] = warmup["loop_s"]
+    runs = {key: [] for key in [*paths, "reference_subset"]}
+    for round_index in range(args.rounds):
+        for key, (path_module, precision) in paths.items():
+            output = out / f"{name}_{key}.json"
+            runs[key].append(run_ours(path_module, cfg, small, img_dir, output, precision, batch, args.workers))
+        reference = reference_predict(
+            module.student, small, img_dir, hp.crop_size, hp.loss_size, module.mask_thresholds, args.reference_images
+        )
+        reference["mask_iou_vs_ours"] = agreement(reference.pop("masks"), runs["ours_bf16_subset"][-1]["output"], small)
+        runs["reference_subset"].append(reference)
+        print(
+            f"[{name}] round {round_index + 1}: "
+            + ", ".join(f"{key} {runs[key][-1]['boxes_per_s']:.1f}" for key in runs)
+            + " boxes/s",
+            flush=True,
+        )
+    for key, key_runs in runs.items():
+        seconds = "seconds" if key == "reference_subset" else "loop_s"
+        for run in key_runs:
+            run["achieved_gflops"] = small_flops / run[seconds] / 1e9
+        result[key] = median_run(key_runs, "boxes_per_s")
+    reference_speeds = [run["boxes_per_s"] for run in runs["reference_subset"]]
+    for key in paths:
+        ratios = sorted(run["boxes_per_s"] / ref for run, ref in zip(runs[key], reference_speeds))
+        result[key]["speedup_vs_reference"] = ratios[len(ratios) // 2]
+        result[key]["speedup_range"] = (ratios[0], ratios[-1])
+    for key in ("reference_subset", "ours_fp32_subset"):
+        if key in result:
+            result[key]["fraction_of_fp32_matmul"] = result[key]["achieved_gflops"] * 1e9 / ceilings["fp32"]
     print(
-        f"[{name}] first {reference['images']} images: ours {ours_small['boxes_per_s']:.1f} boxes/s, "
-        f"reference {reference['boxes_per_s']:.1f} boxes/s: {result['speedup_vs_reference']:.2f}x",
+        f"[{name}] first {result['reference_subset']['images']} images, median of {args.rounds} rounds: "
+        + ", ".join(f"{key} {result[key]['speedup_vs_reference']:.2f}x" for key in paths)
+        + " the reference",
         flush=True,
     )
     return result
@@ -282,22 +312,18 @@ def markdown(results: dict) -> str:
             f"| {r['dataset']} (all) | ours, bf16 | {o['images']} | {o['boxes']} | {o['images_per_s']:.2f} | "
             f"{o['boxes_per_s']:.1f} | {o['achieved_gflops']:.0f} | {o['fraction_of_bf16_matmul']:.0%} of bf16 | |"
         )
-        s, ref = r["ours_bf16_subset"], r["reference_subset"]
-        rows = [("ours, bf16", s, f"{r['speedup_vs_reference']:.2f}x", "")]
-        if "ours_bf16_compiled_subset" in r:
-            c = r["ours_bf16_compiled_subset"]
-            c["achieved_gflops"] = s["achieved_gflops"] * c["boxes_per_s"] / s["boxes_per_s"]
-            rows.append(("ours, bf16, compiled backbone", c, f"{c['speedup_vs_reference']:.2f}x", ""))
-        if "ours_fp32_subset" in r:
-            f = r["ours_fp32_subset"]
-            rows.append(
-                (
-                    "ours, fp32",
-                    f,
-                    f"{r['speedup_fp32_vs_reference']:.2f}x",
-                    f"{f['fraction_of_fp32_matmul']:.0%} of fp32",
-                )
-            )
+        ref = r["reference_subset"]
+        rows = []
+        for key, label in (
+            ("ours_bf16_subset", "ours, bf16"),
+            ("ours_bf16_compiled_subset", "ours, bf16, compiled backbone"),
+            ("ours_fp32_subset", "ours, fp32"),
+        ):
+            if key in r:
+                x = r[key]
+                low, high = x["speedup_range"]
+                fraction = f"{x['fraction_of_fp32_matmul']:.0%} of fp32" if "fraction_of_fp32_matmul" in x else ""
+                rows.append((label, x, f"{x['speedup_vs_reference']:.2f}x ({low:.2f}-{high:.2f})", fraction))
         rows.append(("reference (per box, fp32)", ref, "1.00x", f"{ref['fraction_of_fp32_matmul']:.0%} of fp32"))
         for label, x, ratio, fraction in rows:
             gflops = f"{x['achieved_gflops']:.0f}" if "achieved_gflops" in x else ""
@@ -313,6 +339,13 @@ def markdown(results: dict) -> str:
             f"{o['writer_s']:.1f} s), whole `trainer.predict` incl. merge {o['total_s']:.1f} s; reference masks vs "
             f"ours: mean IoU {r['reference_subset']['mask_iou_vs_ours']:.3f}"
         )
+        if "ours_bf16_compiled_subset" in r:
+            eager, compiled = r["ours_bf16_subset"]["rounds"], r["ours_bf16_compiled_subset"]["rounds"]
+            lines.append(
+                f"- {r['dataset']}: compiled / eager bf16 per round: "
+                + ", ".join(f"{c / e:.2f}x" for c, e in zip(compiled, eager))
+                + f"; the compiled copy's first run, compiling, took {r['compiled_first_run_s']:.0f} s"
+            )
     return "\n".join(lines)
 
 
@@ -324,7 +357,8 @@ def main() -> None:
     parser.add_argument("--eval-batch-size", type=int, default=8, help="images per predict step")
     parser.add_argument("--skip-fp32", action="store_true", help="do not also time our path in fp32")
     parser.add_argument("--skip-coco128", action="store_true")
-    parser.add_argument("--compile", action="store_true", help="also time --model.compile_backbone on coco128's subset")
+    parser.add_argument("--compile", action="store_true", help="also time --model.compile_backbone in every round")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of our path and the reference side by side")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice, one per core)")
     parser.add_argument("--workers", type=int, default=1, help="data loading processes of our path")
     parser.add_argument("--matmul-seconds", type=float, default=3.0, help="time per matmul ceiling measurement")
@@ -349,6 +383,10 @@ def main() -> None:
         f"{hp.arch} crop {hp.crop_size}, mask head {hp.mask_head_hidden_channel} ch, random weights (seed 1234)"
     )
     flops = flops_per_box(module)
+    compiled = None
+    if args.compile:  # a copy with the same weights, so that eager runs stay eager
+        compiled = copy.deepcopy(module)
+        compiled.hparams.compile_backbone = True
     results["flops_per_box"] = {["small", "medium", "large"][k]: v for k, v in flops.items()}
     results["datasets"] = []
 
@@ -357,7 +395,7 @@ def main() -> None:
         pass
     elif ann.is_file():
         results["datasets"].append(
-            bench_dataset("coco128", ann, COCO128 / "images", module, cfg, args, out, flops, ceilings)
+            bench_dataset("coco128", ann, COCO128 / "images", module, compiled, cfg, args, out, flops, ceilings)
         )
     else:
         print(f"skipping coco128: {ann} not found (needs ../shared/data/coco128 beside the repository)")
@@ -368,35 +406,8 @@ def main() -> None:
     results["synthetic_generation_s"] = time.perf_counter() - start
     name = f"synthetic{args.num_images}"
     results["datasets"].append(
-        bench_dataset(name, synthetic, out / "synthetic" / "images", module, cfg, args, out, flops, ceilings)
+        bench_dataset(name, synthetic, out / "synthetic" / "images", module, compiled, cfg, args, out, flops, ceilings)
     )
-    if args.compile and results["datasets"] and results["datasets"][0]["dataset"] == "coco128":
-        module.hparams.compile_backbone = True  # from now on the backbone stays compiled: this runs last
-        small, runs = out / "coco128_subset.json", []
-        for attempt in ("compile", "timed"):  # the first run includes the compilation
-            runs.append(
-                run_ours(
-                    module,
-                    cfg,
-                    small,
-                    COCO128 / "images",
-                    out / f"coco128_subset_compiled_{attempt}.json",
-                    "bf16-mixed",
-                    args.eval_batch_size,
-                    args.workers,
-                )
-            )
-        coco = results["datasets"][0]
-        compiled = {**runs[1], "first_run_with_compilation_s": runs[0]["loop_s"]}
-        compiled["speedup_vs_reference"] = compiled["boxes_per_s"] / coco["reference_subset"]["boxes_per_s"]
-        compiled["speedup_vs_eager_bf16"] = compiled["boxes_per_s"] / coco["ours_bf16_subset"]["boxes_per_s"]
-        coco["ours_bf16_compiled_subset"] = compiled
-        print(
-            f"[coco128] compiled: {compiled['boxes_per_s']:.1f} boxes/s, {compiled['speedup_vs_reference']:.2f}x the "
-            f"reference, {compiled['speedup_vs_eager_bf16']:.2f}x eager bf16 (first run incl. compile "
-            f"{runs[0]['loop_s']:.0f} s)",
-            flush=True,
-        )
     table = markdown(results)
     print(table)
     (out / "results.json").write_text(json.dumps({**results, "markdown": table}, indent=1, default=str))

@@ -89,3 +89,12 @@ def feature_map(vit: nn.Module, images: torch.Tensor) -> torch.Tensor:
     tokens = vit.forward_features(images)[:, vit.num_prefix_tokens :]
     side = images.shape[-1] // vit.patch_embed.patch_size[0]
     return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], side, side)
+
+
+def compile_for_inference(vit: nn.Module) -> None:
+    """`torch.compile` `vit.forward_features` on this instance (weights and state-dict names unchanged) for
+    prediction, once. Inductor's freezing constant-folds and prepacks the weights; weights changed after
+    compiling are still followed (tested). The batch size is dynamic, so one compilation serves every number
+    of crops."""
+    if "forward_features" not in vit.__dict__:
+        vit.forward_features = torch.compile(vit.forward_features, dynamic=True, options={"freezing": True})

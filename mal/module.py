@@ -18,6 +18,7 @@ from auto_label.masks import box_mask
 from auto_label.oom import map_chunks
 from auto_label.tracking import log_image
 from auto_label.visualize import draw_overlay, image_grid
+from mal.backbone import compile_for_inference
 from mal.checkpoint import load_pretrained
 from mal.crops import paste_region, resize_crops
 from mal.decoder import size_bucket
@@ -85,9 +86,10 @@ class MALModule(L.LightningModule):
         use_mixed_model_test: average the logits of the student and the teacher.
         max_boxes_per_forward: box crops per forward pass at validation and prediction.
         num_overlays: validation images drawn into the logged overlay grid.
-        compile_backbone: `torch.compile` the ViT for prediction. It compiles on first use (about 30 s for
-            ViT-Tiny on a CPU core); on this project's CPU the whole predict path was not faster with it
-            (0.96x, BENCHMARKS.md), so it is off by default.
+        compile_backbone: `torch.compile` the ViT for prediction (Inductor, frozen weights, dynamic batch
+            size). The first batch compiles (about 25 s for ViT-Tiny on this project's 2-core CPU); after
+            that the predict path ran 1.01-1.15x as fast as eager there (BENCHMARKS.md). Worth it for long
+            runs, so it is off by default; it needs a C++ compiler on a CPU.
     """
 
     def __init__(
@@ -276,9 +278,7 @@ class MALModule(L.LightningModule):
         predicting = self._trainer is None or self.trainer.predicting  # not inside a fit: training would recompile
         if hp.get("compile_backbone") and predicting:
             for net in self.predicting_nets():
-                if not hasattr(net.backbone, "_compiled_forward_features"):
-                    net.backbone._compiled_forward_features = True  # on the instance: weights, names unchanged
-                    net.backbone.forward_features = torch.compile(net.backbone.forward_features)
+                compile_for_inference(net.backbone)
         sources = [self._crop_source(sample) for sample in samples]
         counts = [len(sample["boxes"]) for sample in samples]
         owners = [(i, j) for i, count in enumerate(counts) for j in range(count)]  # (image, box), packing order

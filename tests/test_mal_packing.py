@@ -59,19 +59,34 @@ def test_a_box_crop_does_not_depend_on_the_other_boxes():
     assert resize_crops(image, boxes[:0], 16).shape == (0, 3, 16, 16)
 
 
-def test_compiled_backbone_predicts_the_same_masks():
-    samples = [sample(0, [[5, 5, 30, 40], [40, 10, 79, 59]]), sample(2, [[10, 20, 50, 45]])]
-    eager = tiny_module(max_boxes_per_forward=4).predict_images(samples)
-    module = tiny_module(max_boxes_per_forward=4)
-    module.hparams.compile_backbone = True
-    compiled = module.predict_images(samples)
-    assert hasattr(module.student.backbone, "_compiled_forward_features")
-    assert "_compiled_forward_features" not in module.student.state_dict()  # weights untouched
-    for image_eager, image_compiled in zip(eager, compiled):
-        for a, b in zip(image_eager, image_compiled):
+def assert_same_masks(expected, actual):
+    for image_expected, image_actual in zip(expected, actual, strict=True):
+        for a, b in zip(image_expected, image_actual, strict=True):
             assert (a["x0"], a["y0"]) == (b["x0"], b["y0"])
             assert (a["mask"] != b["mask"]).mean() <= 1e-2
             assert abs(a["score"] - b["score"]) < 1e-3
+
+
+def test_compiled_backbone_predicts_the_same_masks_and_follows_new_weights():
+    samples = [sample(0, [[5, 5, 30, 40], [40, 10, 79, 59]]), sample(2, [[10, 20, 50, 45]])]
+    module = tiny_module(max_boxes_per_forward=4)
+    eager = module.predict_images(samples)
+    module.hparams.compile_backbone = True
+    assert_same_masks(eager, module.predict_images(samples))
+    assert "forward_features" in vars(module.student.backbone)  # compiled on the instance
+    assert not any("compiled" in name for name in module.student.state_dict())  # weights untouched
+
+    # The compiled graph holds the weights as constants: changing them must compile again, not reuse old ones.
+    with torch.no_grad():
+        module.student.backbone.blocks[0].mlp.fc2.weight.mul_(-3.0)
+        module.student.backbone.norm.bias.add_(0.5)
+    compiled = module.predict_images(samples)
+    module.hparams.compile_backbone = False
+    del module.student.backbone.forward_features
+    new_eager = module.predict_images(samples)
+    assert_same_masks(new_eager, compiled)
+    changed = [(a["mask"] != b["mask"]).mean() for x, y in zip(eager, new_eager) for a, b in zip(x, y)]
+    assert max(changed) > 0.05  # the new weights do change the masks, so the check above can fail
 
 
 def test_flip_test_is_mirror_symmetric_and_mixed_model_test_averages_student_and_teacher():
