@@ -223,75 +223,71 @@ def bucket_flops(ann_path: Path, flops: dict[int, float]) -> float:
 
 
 def median_run(runs: list[dict], speed: str) -> dict:
-    """The run with the median speed, and every round's speed beside it."""
+    """The run with the median speed (the upper one of an even count), and every round's speed beside it."""
     ordered = sorted(runs, key=lambda run: run[speed])
     return {**ordered[len(ordered) // 2], "rounds": [run[speed] for run in runs]}
 
 
+def set_fraction_of_ceiling(run: dict, flops: float, seconds: float, dtype: str, ceilings: dict) -> None:
+    run["achieved_gflops"] = flops / seconds / 1e9
+    run["fraction_of_matmul"], run["matmul_dtype"] = flops / seconds / ceilings[dtype], dtype
+
+
 def bench_dataset(name, ann_path, img_dir, module, compiled, cfg, args, out: Path, flops, ceilings) -> dict:
     """Our path over the whole set once; then, on its first images, `--rounds` rounds that each run our path
-    (bf16; compiled and fp32 when asked) and the reference one after the other. Single runs on this machine
-    vary by 10-15%, so each ratio is the median of the rounds' ratios, with their range."""
+    (bf16; compiled and fp32 when asked) and the reference, in an order rotated from round to round. Single
+    runs on this machine vary by up to 20%, so each ratio is the median of the rounds' ratios, with their
+    range."""
     hp = module.hparams
     result = {"dataset": name}
-    ours = run_ours(
-        module, cfg, ann_path, img_dir, out / f"{name}_ours.json", "bf16-mixed", args.eval_batch_size, args.workers
-    )
-    total_flops = bucket_flops(ann_path, flops)
-    ours["gflop_per_box"] = total_flops / ours["boxes"] / 1e9
-    ours["achieved_gflops"] = total_flops / ours["loop_s"] / 1e9
-    ours["fraction_of_bf16_matmul"] = total_flops / ours["loop_s"] / ceilings["bf16"]
+    batch = args.eval_batch_size
+    ours = run_ours(module, cfg, ann_path, img_dir, out / f"{name}_ours.json", "bf16-mixed", batch, args.workers)
+    ours["gflop_per_box"] = bucket_flops(ann_path, flops) / ours["boxes"] / 1e9
+    set_fraction_of_ceiling(ours, bucket_flops(ann_path, flops), ours["loop_s"], "bf16", ceilings)
     result["ours_bf16"] = ours
     print(f"[{name}] ours bf16: {ours['boxes_per_s']:.1f} boxes/s, {ours['images_per_s']:.2f} images/s", flush=True)
 
     small = subset(ann_path, args.reference_images, out / f"{name}_subset.json")
-    small_flops = bucket_flops(small, flops)
-    batch = args.eval_batch_size
-    paths = {"ours_bf16_subset": (module, "bf16-mixed")}
+
+    def ours_on_small(variant, precision: str, key: str):
+        output = out / f"{name}_{key}.json"
+        return lambda: run_ours(variant, cfg, small, img_dir, output, precision, batch, args.workers)
+
+    variants = {"ours_bf16_subset": ours_on_small(module, "bf16-mixed", "ours_bf16_subset")}
     if compiled is not None:
-        paths["ours_bf16_compiled_subset"] = (compiled, "bf16-mixed")
+        variants["ours_bf16_compiled_subset"] = ours_on_small(compiled, "bf16-mixed", "ours_bf16_compiled_subset")
+        result["compiled_first_run_s"] = ours_on_small(compiled, "bf16-mixed", "compiled_first")()["loop_s"]
     if not args.skip_fp32:
-        paths["ours_fp32_subset"] = (module, "32-true")
-    if compiled is not None:  # the first run compiles (once per process: the batch size is dynamic)
-        warmup = run_ours(
-            compiled, cfg, small, img_dir, out / f"{name}_compile.json", "bf16-mixed", batch, args.workers
-        )
-        result["compiled_first_run_s"] = warmup["loop_s"]
-    runs = {key: [] for key in [*paths, "reference_subset"]}
+        variants["ours_fp32_subset"] = ours_on_small(module, "32-true", "ours_fp32_subset")
+    variants["reference_subset"] = lambda: reference_predict(
+        module.student, small, img_dir, hp.crop_size, hp.loss_size, module.mask_thresholds, args.reference_images
+    )
+    keys = list(variants)
+    runs = {key: [] for key in keys}
     for round_index in range(args.rounds):
-        for key, (path_module, precision) in paths.items():
-            output = out / f"{name}_{key}.json"
-            runs[key].append(run_ours(path_module, cfg, small, img_dir, output, precision, batch, args.workers))
-        reference = reference_predict(
-            module.student, small, img_dir, hp.crop_size, hp.loss_size, module.mask_thresholds, args.reference_images
-        )
+        shift = round_index % len(keys)
+        for key in keys[shift:] + keys[:shift]:
+            runs[key].append(variants[key]())
+        reference = runs["reference_subset"][-1]
         reference["mask_iou_vs_ours"] = agreement(reference.pop("masks"), runs["ours_bf16_subset"][-1]["output"], small)
-        runs["reference_subset"].append(reference)
-        print(
-            f"[{name}] round {round_index + 1}: "
-            + ", ".join(f"{key} {runs[key][-1]['boxes_per_s']:.1f}" for key in runs)
-            + " boxes/s",
-            flush=True,
-        )
+        speeds = ", ".join(f"{key} {runs[key][-1]['boxes_per_s']:.1f}" for key in keys)
+        print(f"[{name}] round {round_index + 1}: {speeds} boxes/s", flush=True)
+
+    small_flops = bucket_flops(small, flops)
     for key, key_runs in runs.items():
-        seconds = "seconds" if key == "reference_subset" else "loop_s"
         for run in key_runs:
-            run["achieved_gflops"] = small_flops / run[seconds] / 1e9
+            seconds = run["seconds"] if key == "reference_subset" else run["loop_s"]
+            dtype = "fp32" if key in ("reference_subset", "ours_fp32_subset") else "bf16"
+            set_fraction_of_ceiling(run, small_flops, seconds, dtype, ceilings)
         result[key] = median_run(key_runs, "boxes_per_s")
     reference_speeds = [run["boxes_per_s"] for run in runs["reference_subset"]]
-    for key in paths:
+    for key in keys[:-1]:
         ratios = sorted(run["boxes_per_s"] / ref for run, ref in zip(runs[key], reference_speeds))
         result[key]["speedup_vs_reference"] = ratios[len(ratios) // 2]
         result[key]["speedup_range"] = (ratios[0], ratios[-1])
-    for key in ("reference_subset", "ours_fp32_subset"):
-        if key in result:
-            result[key]["fraction_of_fp32_matmul"] = result[key]["achieved_gflops"] * 1e9 / ceilings["fp32"]
-    print(
-        f"[{name}] first {result['reference_subset']['images']} images, median of {args.rounds} rounds: "
-        + ", ".join(f"{key} {result[key]['speedup_vs_reference']:.2f}x" for key in paths)
-        + " the reference",
-        flush=True,
-    )
+    medians = ", ".join(f"{key} {result[key]['speedup_vs_reference']:.2f}x" for key in keys[:-1])
+    images = result["reference_subset"]["images"]
+    print(f"[{name}] first {images} images, median of {args.rounds} rounds: {medians} the reference", flush=True)
     return result
 
 
@@ -306,30 +302,30 @@ def markdown(results: dict) -> str:
         "| data | path | images | boxes | images/s | boxes/s | GFLOP/s | of matmul ceiling | vs reference |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
+    labels = {
+        "ours_bf16": "ours, bf16",
+        "ours_bf16_subset": "ours, bf16",
+        "ours_bf16_compiled_subset": "ours, bf16, compiled backbone",
+        "ours_fp32_subset": "ours, fp32",
+        "reference_subset": "reference (per box, fp32)",
+    }
     for r in results["datasets"]:
-        o = r["ours_bf16"]
-        lines.append(
-            f"| {r['dataset']} (all) | ours, bf16 | {o['images']} | {o['boxes']} | {o['images_per_s']:.2f} | "
-            f"{o['boxes_per_s']:.1f} | {o['achieved_gflops']:.0f} | {o['fraction_of_bf16_matmul']:.0%} of bf16 | |"
-        )
-        ref = r["reference_subset"]
-        rows = []
-        for key, label in (
-            ("ours_bf16_subset", "ours, bf16"),
-            ("ours_bf16_compiled_subset", "ours, bf16, compiled backbone"),
-            ("ours_fp32_subset", "ours, fp32"),
-        ):
-            if key in r:
-                x = r[key]
+        images = r["reference_subset"]["images"]
+        for key, label in labels.items():
+            if key not in r:
+                continue
+            x = r[key]
+            if key == "ours_bf16":
+                data, ratio = f"{r['dataset']} (all)", ""
+            else:
+                data, ratio = f"{r['dataset']} (first {images} images)", "1.00x"
+            if "speedup_vs_reference" in x:
                 low, high = x["speedup_range"]
-                fraction = f"{x['fraction_of_fp32_matmul']:.0%} of fp32" if "fraction_of_fp32_matmul" in x else ""
-                rows.append((label, x, f"{x['speedup_vs_reference']:.2f}x ({low:.2f}-{high:.2f})", fraction))
-        rows.append(("reference (per box, fp32)", ref, "1.00x", f"{ref['fraction_of_fp32_matmul']:.0%} of fp32"))
-        for label, x, ratio, fraction in rows:
-            gflops = f"{x['achieved_gflops']:.0f}" if "achieved_gflops" in x else ""
+                ratio = f"{x['speedup_vs_reference']:.2f}x ({low:.2f}-{high:.2f})"
             lines.append(
-                f"| {r['dataset']} (first {ref['images']} images) | {label} | {x['images']} | {x['boxes']} | "
-                f"{x['images_per_s']:.2f} | {x['boxes_per_s']:.1f} | {gflops} | {fraction} | {ratio} |"
+                f"| {data} | {label} | {x['images']} | {x['boxes']} | {x['images_per_s']:.2f} | "
+                f"{x['boxes_per_s']:.1f} | {x['achieved_gflops']:.0f} | "
+                f"{x['fraction_of_matmul']:.0%} of {x['matmul_dtype']} | {ratio} |"
             )
     lines.append("")
     for r in results["datasets"]:
@@ -344,7 +340,8 @@ def markdown(results: dict) -> str:
             lines.append(
                 f"- {r['dataset']}: compiled / eager bf16 per round: "
                 + ", ".join(f"{c / e:.2f}x" for c, e in zip(compiled, eager))
-                + f"; the compiled copy's first run, compiling, took {r['compiled_first_run_s']:.0f} s"
+                + f"; the compiled copy's first run on this set took {r['compiled_first_run_s']:.0f} s (on the "
+                "first set, this run compiles; the batch size is dynamic, so later sets do not compile again)"
             )
     return "\n".join(lines)
 
@@ -365,6 +362,8 @@ def main() -> None:
     parser.add_argument("--config", default=str(CONFIG), help="its model and data.crop_size settings are used")
     parser.add_argument("--out", default="results/bench/mal_predict")
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     if args.threads:

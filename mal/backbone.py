@@ -92,9 +92,14 @@ def feature_map(vit: nn.Module, images: torch.Tensor) -> torch.Tensor:
 
 
 def compile_for_inference(vit: nn.Module) -> None:
-    """`torch.compile` `vit.forward_features` on this instance (weights and state-dict names unchanged) for
-    prediction, once. Inductor's freezing constant-folds and prepacks the weights; weights changed after
-    compiling are still followed (tested). The batch size is dynamic, so one compilation serves every number
-    of crops."""
-    if "forward_features" not in vit.__dict__:
-        vit.forward_features = torch.compile(vit.forward_features, dynamic=True, options={"freezing": True})
+    """`torch.compile` `vit.forward_features` on this instance, once, for prediction: frozen weights (Inductor
+    folds and prepacks them) for speed, and a dynamic batch size so that every number of crops reuses one
+    compilation. torch.compile specialises on a size of 1, so a single crop runs as a batch of two."""
+    if "forward_features" in vit.__dict__:
+        return
+    compiled = torch.compile(vit.forward_features, dynamic=True, options={"freezing": True})
+
+    def forward_features(images: torch.Tensor) -> torch.Tensor:
+        return compiled(images.repeat(2, 1, 1, 1))[:1] if len(images) == 1 else compiled(images)
+
+    vit.forward_features = forward_features  # on the instance: weights and state-dict names unchanged

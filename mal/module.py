@@ -88,8 +88,8 @@ class MALModule(L.LightningModule):
         num_overlays: validation images drawn into the logged overlay grid.
         compile_backbone: `torch.compile` the ViT for prediction (Inductor, frozen weights, dynamic batch
             size). The first batch compiles (about 25 s for ViT-Tiny on this project's 2-core CPU); after
-            that the predict path ran 1.01-1.15x as fast as eager there (BENCHMARKS.md). Worth it for long
-            runs, so it is off by default; it needs a C++ compiler on a CPU.
+            that the predict path ran 0.91-1.15x (median 1.05x) as fast as eager there (BENCHMARKS.md), so it
+            is off by default. On a CPU it needs a C++ compiler.
     """
 
     def __init__(

@@ -2,6 +2,7 @@
 
 import numpy as np
 import torch
+from torch._dynamo.utils import counters
 
 from mal.crops import expand_box, fixed_margins, resize_crops
 from mal.module import MALModule
@@ -69,21 +70,29 @@ def assert_same_masks(expected, actual):
 
 def test_compiled_backbone_predicts_the_same_masks_and_follows_new_weights():
     samples = [sample(0, [[5, 5, 30, 40], [40, 10, 79, 59]]), sample(2, [[10, 20, 50, 45]])]
-    module = tiny_module(max_boxes_per_forward=4)
-    eager = module.predict_images(samples)
-    module.hparams.compile_backbone = True
-    assert_same_masks(eager, module.predict_images(samples))
-    assert "forward_features" in vars(module.student.backbone)  # compiled on the instance
-    assert not any("compiled" in name for name in module.student.state_dict())  # weights untouched
+    module = tiny_module(max_boxes_per_forward=2)  # forwards of 2 crops, then 1
+    keys = list(module.state_dict())
 
-    # The compiled graph holds the weights as constants: changing them must compile again, not reuse old ones.
+    def predict():  # in the mode Lightning predicts with `precision: bf16-mixed`
+        with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16):
+            return module.predict_images(samples)
+
+    eager = predict()
+    module.hparams.compile_backbone = True
+    torch._dynamo.reset()
+    counters.clear()
+    assert_same_masks(eager, predict())
+    assert counters["stats"]["unique_graphs"] == 1  # compiled, and one graph serves 2 crops and 1
+    assert list(module.state_dict()) == keys  # weights and their names untouched
+
+    # Frozen weights are constants of the compiled graph: changing them must not keep the old values.
     with torch.no_grad():
         module.student.backbone.blocks[0].mlp.fc2.weight.mul_(-3.0)
         module.student.backbone.norm.bias.add_(0.5)
-    compiled = module.predict_images(samples)
+    compiled = predict()
     module.hparams.compile_backbone = False
     del module.student.backbone.forward_features
-    new_eager = module.predict_images(samples)
+    new_eager = predict()
     assert_same_masks(new_eager, compiled)
     changed = [(a["mask"] != b["mask"]).mean() for x, y in zip(eager, new_eager) for a, b in zip(x, y)]
     assert max(changed) > 0.05  # the new weights do change the masks, so the check above can fail
