@@ -222,10 +222,15 @@ def bucket_flops(ann_path: Path, flops: dict[int, float]) -> float:
     return float(sum(flops[int(b)] for b in size_bucket(areas)))
 
 
-def median_run(runs: list[dict], speed: str) -> dict:
-    """The run with the median speed (the upper one of an even count), and every round's speed beside it."""
-    ordered = sorted(runs, key=lambda run: run[speed])
-    return {**ordered[len(ordered) // 2], "rounds": [run[speed] for run in runs]}
+def upper_median(values: list):
+    """The median of an odd count, the upper of the two middle values of an even one."""
+    return sorted(values)[len(values) // 2]
+
+
+def median_run(runs: list[dict]) -> dict:
+    """The run with the median speed, and every round's speed beside it."""
+    speeds = [run["boxes_per_s"] for run in runs]
+    return {**runs[speeds.index(upper_median(speeds))], "rounds": speeds}
 
 
 def set_fraction_of_ceiling(run: dict, flops: float, seconds: float, dtype: str, ceilings: dict) -> None:
@@ -242,8 +247,9 @@ def bench_dataset(name, ann_path, img_dir, module, compiled, cfg, args, out: Pat
     result = {"dataset": name}
     batch = args.eval_batch_size
     ours = run_ours(module, cfg, ann_path, img_dir, out / f"{name}_ours.json", "bf16-mixed", batch, args.workers)
-    ours["gflop_per_box"] = bucket_flops(ann_path, flops) / ours["boxes"] / 1e9
-    set_fraction_of_ceiling(ours, bucket_flops(ann_path, flops), ours["loop_s"], "bf16", ceilings)
+    total_flops = bucket_flops(ann_path, flops)
+    ours["gflop_per_box"] = total_flops / ours["boxes"] / 1e9
+    set_fraction_of_ceiling(ours, total_flops, ours["loop_s"], "bf16", ceilings)
     result["ours_bf16"] = ours
     print(f"[{name}] ours bf16: {ours['boxes_per_s']:.1f} boxes/s, {ours['images_per_s']:.2f} images/s", flush=True)
 
@@ -253,21 +259,26 @@ def bench_dataset(name, ann_path, img_dir, module, compiled, cfg, args, out: Pat
         output = out / f"{name}_{key}.json"
         return lambda: run_ours(variant, cfg, small, img_dir, output, precision, batch, args.workers)
 
-    variants = {"ours_bf16_subset": ours_on_small(module, "bf16-mixed", "ours_bf16_subset")}
+    # key -> (one run, the dtype whose matmul ceiling it is compared with)
+    variants = {"ours_bf16_subset": (ours_on_small(module, "bf16-mixed", "ours_bf16_subset"), "bf16")}
     if compiled is not None:
-        variants["ours_bf16_compiled_subset"] = ours_on_small(compiled, "bf16-mixed", "ours_bf16_compiled_subset")
+        key = "ours_bf16_compiled_subset"
+        variants[key] = (ours_on_small(compiled, "bf16-mixed", key), "bf16")
         result["compiled_first_run_s"] = ours_on_small(compiled, "bf16-mixed", "compiled_first")()["loop_s"]
     if not args.skip_fp32:
-        variants["ours_fp32_subset"] = ours_on_small(module, "32-true", "ours_fp32_subset")
-    variants["reference_subset"] = lambda: reference_predict(
-        module.student, small, img_dir, hp.crop_size, hp.loss_size, module.mask_thresholds, args.reference_images
+        variants["ours_fp32_subset"] = (ours_on_small(module, "32-true", "ours_fp32_subset"), "fp32")
+    variants["reference_subset"] = (
+        lambda: reference_predict(
+            module.student, small, img_dir, hp.crop_size, hp.loss_size, module.mask_thresholds, args.reference_images
+        ),
+        "fp32",
     )
     keys = list(variants)
     runs = {key: [] for key in keys}
     for round_index in range(args.rounds):
         shift = round_index % len(keys)
         for key in keys[shift:] + keys[:shift]:
-            runs[key].append(variants[key]())
+            runs[key].append(variants[key][0]())
         reference = runs["reference_subset"][-1]
         reference["mask_iou_vs_ours"] = agreement(reference.pop("masks"), runs["ours_bf16_subset"][-1]["output"], small)
         speeds = ", ".join(f"{key} {runs[key][-1]['boxes_per_s']:.1f}" for key in keys)
@@ -277,14 +288,13 @@ def bench_dataset(name, ann_path, img_dir, module, compiled, cfg, args, out: Pat
     for key, key_runs in runs.items():
         for run in key_runs:
             seconds = run["seconds"] if key == "reference_subset" else run["loop_s"]
-            dtype = "fp32" if key in ("reference_subset", "ours_fp32_subset") else "bf16"
-            set_fraction_of_ceiling(run, small_flops, seconds, dtype, ceilings)
-        result[key] = median_run(key_runs, "boxes_per_s")
+            set_fraction_of_ceiling(run, small_flops, seconds, variants[key][1], ceilings)
+        result[key] = median_run(key_runs)
     reference_speeds = [run["boxes_per_s"] for run in runs["reference_subset"]]
     for key in keys[:-1]:
-        ratios = sorted(run["boxes_per_s"] / ref for run, ref in zip(runs[key], reference_speeds))
-        result[key]["speedup_vs_reference"] = ratios[len(ratios) // 2]
-        result[key]["speedup_range"] = (ratios[0], ratios[-1])
+        ratios = [run["boxes_per_s"] / ref for run, ref in zip(runs[key], reference_speeds)]
+        result[key]["speedup_vs_reference"] = upper_median(ratios)
+        result[key]["speedup_range"] = (min(ratios), max(ratios))
     medians = ", ".join(f"{key} {result[key]['speedup_vs_reference']:.2f}x" for key in keys[:-1])
     images = result["reference_subset"]["images"]
     print(f"[{name}] first {images} images, median of {args.rounds} rounds: {medians} the reference", flush=True)
