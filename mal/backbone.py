@@ -1,13 +1,21 @@
 """The image encoder: a timm Vision Transformer chosen by name, returning a 2-D feature map.
 
-Optionally the 16x16 patch projection is replaced by MAL's convolutional stem (four stride-2 3x3
-convolutions, then a 1x1 projection), which keeps the state-dict layout `patch_embed.proj.{0..4}`.
+Two details follow the original MAL code, so that its released weights give its features:
+- Optionally the 16x16 patch projection is replaced by MAL's convolutional stem (four stride-2 3x3
+  convolutions with GroupNorm(1, eps 1e-6) and GELU, the 1x1 projection appended inside the last stage),
+  with the original's state-dict names `patch_embed.proj.{0..3}.{0,1}`, `patch_embed.proj.3.3`.
+- The position embedding keeps whatever grid its weights were trained at (14 x 14 for a 224-pixel
+  pretraining) and is interpolated to the crop's token grid at every forward, as DINO / MAE / MAL do.
 """
 
 from __future__ import annotations
 
+import math
+import types
+
 import timm
 import torch
+import torch.nn.functional as F
 from timm.layers import PatchEmbed, use_fused_attn
 from torch import nn
 
@@ -21,8 +29,15 @@ ARCH_ALIASES = {
 }
 
 
+CONV_STEM_GROUPNORM_EPS = 1e-6  # the original MAL ConvStem's GroupNorm (REFERENCE.md 2a; measured)
+
+
 class ConvStemPatchEmbed(PatchEmbed):
-    """timm's PatchEmbed with the projection replaced by a 4-stage stride-2 conv stem (patch size 16)."""
+    """timm's PatchEmbed with the projection replaced by a 4-stage stride-2 conv stem (patch size 16).
+
+    Stage k is `Sequential(conv3x3 s2, GroupNorm(1), GELU)`; the 1x1 projection is a fourth module of
+    the last stage, which gives the original MAL / TAO 5 names `proj.{0..3}.{0,1}` and `proj.3.3`.
+    """
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -36,12 +51,42 @@ class ConvStemPatchEmbed(PatchEmbed):
             stages.append(
                 nn.Sequential(
                     nn.Conv2d(in_chans, width, 3, stride=2, padding=1, bias=False),
-                    nn.GroupNorm(1, width),
+                    nn.GroupNorm(1, width, eps=CONV_STEM_GROUPNORM_EPS),
                     nn.GELU(),
                 )
             )
             in_chans = width
-        self.proj = nn.Sequential(*stages, nn.Conv2d(embed_dim, embed_dim, 1))
+        stages[-1].append(nn.Conv2d(embed_dim, embed_dim, 1))
+        self.proj = nn.Sequential(*stages)
+
+
+def interpolate_pos_embed(pos_embed: torch.Tensor, grid: tuple[int, int], num_prefix_tokens: int) -> torch.Tensor:
+    """Resample a 1 x (prefix + n*n) x C position embedding to an h x w token grid, as DINO's
+    `interpolate_pos_encoding` does (and MAL, which uses it, at every forward): bicubic with
+    `scale_factor = (h + 0.1) / n` (the 0.1 avoids a floating-point rounding to h - 1), so the sampling
+    positions follow that factor, not h / n. An embedding already at the grid is returned as it is.
+    """
+    prefix, patches = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
+    side = math.isqrt(patches.shape[1])
+    height, width = grid
+    if side * side != patches.shape[1]:
+        raise ValueError(f"position embedding of {patches.shape[1]} patch tokens is not a square grid")
+    if (side, side) == (height, width):
+        return pos_embed
+    patches = patches.reshape(1, side, side, -1).permute(0, 3, 1, 2)
+    patches = F.interpolate(patches, scale_factor=((height + 0.1) / side, (width + 0.1) / side), mode="bicubic")
+    patches = patches.permute(0, 2, 3, 1).reshape(1, height * width, -1)
+    return torch.cat([prefix, patches.to(prefix.dtype)], dim=1)
+
+
+def _pos_embed_per_forward(self, x: torch.Tensor) -> torch.Tensor:
+    """timm's `VisionTransformer._pos_embed` (class token concatenated, then the embedding added) with the
+    embedding interpolated to the token grid of this forward (`interpolate_pos_embed`)."""
+    prefix = [self.cls_token.expand(x.shape[0], -1, -1)] if self.cls_token is not None else []
+    if self.reg_token is not None:
+        prefix.append(self.reg_token.expand(x.shape[0], -1, -1))
+    x = torch.cat([*prefix, x], dim=1)
+    return self.pos_drop(x + interpolate_pos_embed(self.pos_embed, self.patch_embed.grid_size, self.num_prefix_tokens))
 
 
 def create_vit(
@@ -60,7 +105,17 @@ def create_vit(
     patch = model.patch_embed.patch_size[0]
     if crop_size % patch:
         raise ValueError(f"crop_size {crop_size} is not divisible by the patch size {patch} of {arch!r}")
+    if model.pos_embed is None or getattr(model, "no_embed_class", False) or model.dynamic_img_size:
+        raise ValueError(f"backbone {arch!r}: MAL needs a ViT with a learnt position embedding over class + patches")
+    model._pos_embed = types.MethodType(_pos_embed_per_forward, model)  # on the instance: same state-dict names
     return model
+
+
+def adopt_pos_embed(vit: nn.Module, pos_embed: torch.Tensor) -> None:
+    """Give `vit` a position-embedding parameter of `pos_embed`'s shape (its grid is read from the weights;
+    it is interpolated at every forward), so that loading keeps the weights' own grid."""
+    if vit.pos_embed.shape != pos_embed.shape:
+        vit.pos_embed = nn.Parameter(vit.pos_embed.new_zeros(pos_embed.shape), requires_grad=vit.pos_embed.requires_grad)
 
 
 def cpu_bf16_autocast(images: torch.Tensor) -> bool:

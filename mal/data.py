@@ -2,8 +2,9 @@
 
 Training decodes the image, cuts a randomly expanded crop (outside pixels wrap around), resizes it and
 returns a clean view for the teacher and a photometrically augmented view for the student, with the
-same geometry. Evaluation and prediction return the decoded image once with all its boxes and their
-fixed 1.3x crop boxes; the model crops them on the device in one batched op.
+same geometry. Evaluation and prediction return the decoded image once with all its boxes, their fixed
+1.3x crop boxes, their crops and box masks, made in the data-loading workers as the original MAL's
+test transform makes them (mal.crops).
 """
 
 from __future__ import annotations
@@ -23,15 +24,7 @@ from auto_label.masks import segmentation_to_mask
 from auto_label.sharding import ExactShardSampler
 from auto_label.shards import StrictSkipError
 from auto_label.writers import write_jsonl
-from mal.crops import (
-    box_mask_in_crop,
-    crop_wrapped,
-    expand_box,
-    fixed_margins,
-    random_margins,
-    resize_crop,
-    xywh_to_xyxy,
-)
+from mal.crops import box_mask_in_crop, expand_box, fixed_margins, make_crop, random_margins, xywh_to_xyxy
 
 log = logging.getLogger(__name__)
 
@@ -87,9 +80,8 @@ class BoxCropDataset(Dataset):
         rng = np.random.default_rng([torch.initial_seed() % 2**32, i])
         box = clip_box(xywh_to_xyxy(ann["bbox"]), image.shape[1], image.shape[0])
         crop_box = expand_box(box, random_margins(rng, self.margin_rate))
-        crop = crop_wrapped(torch.from_numpy(image).permute(2, 0, 1), crop_box)
-        crop = resize_crop(crop, self.crop_size).round().clamp(0, 255).to(torch.uint8)
-        box_mask = box_mask_in_crop(box, crop_box, self.crop_size)[None]
+        crop = make_crop(image, crop_box, self.crop_size)
+        box_mask = box_mask_in_crop(box, crop_box, self.crop_size)[None].float()
         if rng.random() < 0.5:
             crop, box_mask = crop.flip(-1), box_mask.flip(-1)
         return {
@@ -126,17 +118,36 @@ def reaches_into_image(bbox_xywh, width: float, height: float) -> bool:
     return x < width and y < height and x + w > 0 and y + h > 0
 
 
+def box_crops(image: np.ndarray, boxes_xyxy: list[list[float]], margins, crop_size: int) -> dict:
+    """What prediction needs of one H x W x 3 uint8 image and its boxes: the image (3 x H x W), boxes
+    (N x 4 float64), crop boxes (N x 4 int64), crops (N x 3 x S x S uint8), box masks (N x S x S uint8)."""
+    crop_boxes = [expand_box(b, margins) for b in boxes_xyxy]
+    return {
+        "image": torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1),
+        "boxes": torch.tensor(boxes_xyxy, dtype=torch.float64).reshape(-1, 4),
+        "crop_boxes": torch.tensor(crop_boxes, dtype=torch.int64).reshape(-1, 4),
+        "crops": torch.stack([make_crop(image, c, crop_size) for c in crop_boxes])
+        if crop_boxes
+        else torch.zeros(0, 3, crop_size, crop_size, dtype=torch.uint8),
+        "box_masks": torch.stack([box_mask_in_crop(b, c, crop_size) for b, c in zip(boxes_xyxy, crop_boxes)])
+        if crop_boxes
+        else torch.zeros(0, crop_size, crop_size, dtype=torch.uint8),
+    }
+
+
 class ImageBoxesDataset(Dataset):
-    """One sample per image: the decoded image, its non-crowd boxes, their test crop boxes (and GT masks)."""
+    """One sample per image: the decoded image, its non-crowd boxes, their test crop boxes, crops (uint8
+    N x 3 x crop_size x crop_size) and box masks in the crops (uint8 N x crop_size x crop_size), and GT masks."""
 
     def __init__(
         self,
         coco: CocoFile,
         test_margin_rate: tuple[float, float],
+        crop_size: int,
         with_masks: bool = False,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
     ):
-        self.coco, self.with_masks, self.max_pixels = coco, with_masks, max_pixels
+        self.coco, self.crop_size, self.with_masks, self.max_pixels = coco, crop_size, with_masks, max_pixels
         self.margins = fixed_margins(test_margin_rate)
         self.image_positions = [
             pos
@@ -174,16 +185,8 @@ class ImageBoxesDataset(Dataset):
                 f"{image_info['width']}x{image_info['height']}",
             }
         boxes = [clip_box(xywh_to_xyxy(a["bbox"]), width, height) for a in anns]  # the writer flags clipped ones
-        sample.update(
-            {
-                "image": torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1),
-                "boxes": torch.tensor(boxes, dtype=torch.float64).reshape(-1, 4),
-                "crop_boxes": torch.tensor([expand_box(b, self.margins) for b in boxes], dtype=torch.int64).reshape(
-                    -1, 4
-                ),
-                "category_ids": torch.tensor([a["category_id"] for a in anns], dtype=torch.int64),
-            }
-        )
+        sample.update(box_crops(image, boxes, self.margins, self.crop_size))
+        sample["category_ids"] = torch.tensor([a["category_id"] for a in anns], dtype=torch.int64)
         if self.with_masks:
             sample["gt_masks"] = (
                 torch.from_numpy(np.stack([segmentation_to_mask(a["segmentation"], height, width) for a in anns]))
@@ -344,7 +347,8 @@ class COCOBoxDataModule(L.LightningDataModule):
     def val_dataloader(self) -> DataLoader | list:
         if self.val_coco is None:
             return []
-        dataset = ImageBoxesDataset(self.val_coco, self.hparams.test_margin_rate, True, self.hparams.max_pixels)
+        hp = self.hparams
+        dataset = ImageBoxesDataset(self.val_coco, hp.test_margin_rate, hp.crop_size, True, hp.max_pixels)
         return self._loader(dataset, self.hparams.eval_batch_size, collate_images)
 
     def test_dataloader(self) -> DataLoader:
@@ -352,7 +356,8 @@ class COCOBoxDataModule(L.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         """This process's share of the images, each exactly once, minus those `predict_skip` names."""
-        dataset = ImageBoxesDataset(self.predict_coco, self.hparams.test_margin_rate, False, self.hparams.max_pixels)
+        hp = self.hparams
+        dataset = ImageBoxesDataset(self.predict_coco, hp.test_margin_rate, hp.crop_size, False, hp.max_pixels)
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
         skip = {i for i, pos in enumerate(dataset.image_positions) if pos in self.predict_skip}
         workers = self.hparams.num_workers

@@ -20,6 +20,12 @@ class MaskNet(nn.Module):
     def forward(self, images: torch.Tensor, box_areas: torch.Tensor, out_size: int) -> torch.Tensor:
         return self.decoder(feature_map(self.backbone, images), box_areas, out_size)
 
+    @property
+    def logit_size(self) -> int:
+        """Side of the mask logits at prediction: 4x the token grid (128 at a 512 crop with 16-pixel patches),
+        the size of the original's logits."""
+        return 4 * self.backbone.patch_embed.grid_size[0]
+
 
 def build_mask_net(
     arch: str,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import itertools
 import logging
 import math
 
@@ -19,8 +18,8 @@ from auto_label.oom import map_chunks
 from auto_label.tracking import log_image
 from auto_label.visualize import draw_overlay, image_grid
 from mal.backbone import compile_for_inference
-from mal.checkpoint import load_pretrained
-from mal.crops import paste_region, resize_crops
+from mal.checkpoint import CheckpointError, load_pretrained, load_strict, module_state, unwrap_state
+from mal.crops import paste_probabilities
 from mal.decoder import size_bucket
 from mal.losses import crf_loss, crf_pseudo_label, mil_loss, ramp
 from mal.metrics import MaskIoUMetric, mask_ious
@@ -33,6 +32,11 @@ def is_degenerate(box_xyxy, height: int, width: int) -> bool:
     """A box that covers less than one pixel of the image on some axis gets its box mask, not a model mask."""
     x0, y0, x1, y1 = box_xyxy
     return min(x1, width) - max(x0, 0) < 1 or min(y1, height) - max(y0, 0) < 1
+
+
+def box_areas(boxes_xyxy: torch.Tensor) -> torch.Tensor:
+    """Areas (float32) of N x 4 xyxy boxes, which pick each box's size bucket."""
+    return ((boxes_xyxy[:, 2] - boxes_xyxy[:, 0]) * (boxes_xyxy[:, 3] - boxes_xyxy[:, 1])).float()
 
 
 def full_masks(regions: list[tuple[int, int, np.ndarray]], height: int, width: int) -> np.ndarray:
@@ -161,6 +165,16 @@ class MALModule(L.LightningModule):
         self.ap_metric = MeanAveragePrecision(iou_type="segm", backend="pycocotools")
         self.overlays: list[np.ndarray] = []
 
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """`--ckpt_path` with any MAL layout (ours, the original's, TAO's): renamed to ours, with its own
+        position-embedding grid; one that does not fit is a CheckpointError naming the keys."""
+        path = (self._trainer and self.trainer.ckpt_path) or "--ckpt_path"
+        state = unwrap_state(checkpoint, path)
+        if not any(k.startswith("teacher.") for k in state):
+            raise CheckpointError(f"{path}: not a MAL checkpoint with student and teacher weights")
+        checkpoint["state_dict"] = module_state(state)
+        load_strict(self, checkpoint["state_dict"], path)
+
     # ----------------------------------------------------------------- training
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
         return (images.float() - self.mean) / self.std
@@ -263,39 +277,29 @@ class MALModule(L.LightningModule):
         """Masks for every box of one decoded image: [{x0, y0, mask (bool region), score, degenerate}]."""
         return self.predict_images([sample])[0]
 
-    def _crop_source(self, sample: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One image on the device, its crop boxes, its box areas."""
-        boxes = sample["boxes"]
-        areas = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).float().to(self.device)
-        return sample["image"].to(self.device), sample["crop_boxes"], areas
-
     @torch.no_grad()
     def predict_images(self, samples: list[dict]) -> list[list[dict]]:
-        """`predict_image` for several decoded images: the boxes of all of them are packed into forward passes
-        of up to `max_boxes_per_forward` crops, so that images with few boxes still fill a batch. A box's crop
-        does not depend on which boxes share its batch."""
+        """`predict_image` for several decoded images: the crops of all their boxes are packed into forward
+        passes of up to `max_boxes_per_forward`, so that images with few boxes still fill a batch."""
         hp = self.hparams
         predicting = self._trainer is None or self.trainer.predicting  # not inside a fit: training would recompile
         if hp.get("compile_backbone") and predicting:
             for net in self.predicting_nets():
                 compile_for_inference(net.backbone)
-        sources = [self._crop_source(sample) for sample in samples]
         counts = [len(sample["boxes"]) for sample in samples]
-        owners = [(i, j) for i, count in enumerate(counts) for j in range(count)]  # (image, box), packing order
-        areas = torch.cat([source[2] for source in sources]) if sources else torch.zeros(0, device=self.device)
+        crops = torch.cat([sample["crops"] for sample in samples]) if samples else None
+        areas = torch.cat([box_areas(sample["boxes"]) for sample in samples]) if samples else None
 
         def forward(chunk: slice) -> torch.Tensor:
-            crops = []
-            for i, group in itertools.groupby(owners[chunk], key=lambda owner: owner[0]):
-                image, crop_boxes, _ = sources[i]
-                crops.append(resize_crops(image, crop_boxes[[j for _, j in group]], hp.crop_size))
-            return self.mask_logits(self.normalise(torch.cat(crops)), areas[chunk])
+            images = self.normalise(crops[chunk].to(self.device, non_blocking=True))
+            return self.mask_logits(images, areas[chunk].to(self.device)).cpu()
 
-        logits = map_chunks(forward, len(owners), hp.max_boxes_per_forward)  # fewer boxes at once on OOM
-        logits = torch.cat(logits) if logits else torch.empty(0, hp.loss_size, hp.loss_size)
+        logits = map_chunks(forward, sum(counts), hp.max_boxes_per_forward)  # fewer boxes at once on OOM
+        size = self.student.logit_size
+        logits = torch.cat(logits) if logits else torch.empty(0, size, size)
         return [
-            self._paste_results(sample, image_logits, source[2])
-            for sample, image_logits, source in zip(samples, logits.split(counts), sources)
+            self._paste_results(sample, image_logits)
+            for sample, image_logits in zip(samples, logits.split(counts))
         ]
 
     def predicting_nets(self) -> list[MaskNet]:
@@ -306,9 +310,9 @@ class MALModule(L.LightningModule):
         return [self.teacher if hp.use_teacher_test else self.student]
 
     def mask_logits(self, images: torch.Tensor, box_areas: torch.Tensor) -> torch.Tensor:
-        """B x loss_size x loss_size crop logits of the predicting network(s), averaged over the student and
-        teacher (`use_mixed_model_test`) and over each crop and its mirror image (`use_flip_test`)."""
-        size = self.hparams.loss_size
+        """B x S x S crop logits (S = `MaskNet.logit_size`) of the predicting network(s), averaged over the
+        student and teacher (`use_mixed_model_test`) and over each crop and its mirror image (`use_flip_test`)."""
+        size = self.student.logit_size
         views = [False, True] if self.hparams.use_flip_test else [False]
         logits = []
         for net in self.predicting_nets():
@@ -317,11 +321,11 @@ class MALModule(L.LightningModule):
                 logits.append(out.flip(-1) if flip else out)
         return torch.stack(logits).mean(dim=0)
 
-    def _paste_results(self, sample: dict, logits: torch.Tensor, areas: torch.Tensor) -> list[dict]:
+    def _paste_results(self, sample: dict, logits: torch.Tensor) -> list[dict]:
         """One image's crop logits pasted back into its boxes and thresholded (see `predict_image`)."""
         height, width = sample["image"].shape[1:]
         boxes, crop_boxes = sample["boxes"], sample["crop_boxes"]
-        thresholds = torch.tensor(self.mask_thresholds)[size_bucket(areas.cpu())]
+        thresholds = torch.tensor(self.mask_thresholds)[size_bucket(box_areas(boxes))]
         results = []
         for i, box in enumerate(boxes.tolist()):
             if is_degenerate(box, height, width):
@@ -332,7 +336,7 @@ class MALModule(L.LightningModule):
                     {"x0": int(xs.min()), "y0": int(ys.min()), "mask": region, "score": 0.0, "degenerate": True}
                 )
                 continue
-            x0, y0, probs = paste_region(logits[i], crop_boxes[i].tolist(), box, (height, width))
+            x0, y0, probs = paste_probabilities(logits[i], sample["box_masks"][i], crop_boxes[i].tolist(), (height, width))
             mask = probs > thresholds[i]
             score = float(probs[mask].mean()) if mask.any() else 0.0
             results.append({"x0": x0, "y0": y0, "mask": mask.cpu().numpy(), "score": score, "degenerate": False})

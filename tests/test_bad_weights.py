@@ -12,7 +12,7 @@ import auto_label.__main__
 import gdino.__main__
 import mal.__main__
 from gdino.model import load_detector, small_config
-from mal.checkpoint import read_state_dict
+from mal.checkpoint import read_checkpoint
 from mal.model import build_mask_net
 
 
@@ -111,7 +111,7 @@ def test_mal_prefers_the_safetensors_twin(evil, tmp_path):
         "vit_tiny_patch16_224", 32, backbone_kwargs={"patch_size": 8, "depth": 1, "embed_dim": 32, "num_heads": 2}
     )
     save_file({k: v.contiguous() for k, v in net.backbone.state_dict().items()}, path.with_suffix(".safetensors"))
-    assert set(read_state_dict(path)) == set(net.backbone.state_dict())
+    assert set(read_checkpoint(path)[0]) == set(net.backbone.state_dict())
     assert not marker.exists()
 
 

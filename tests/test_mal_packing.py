@@ -4,7 +4,8 @@ import numpy as np
 import torch
 from torch._dynamo.utils import counters
 
-from mal.crops import expand_box, fixed_margins, resize_crops
+from mal.crops import fixed_margins
+from mal.data import box_crops
 from mal.module import MALModule
 
 
@@ -24,13 +25,8 @@ def tiny_module(max_boxes_per_forward: int) -> MALModule:
 
 def sample(seed: int, boxes: list[list[float]], height: int = 60, width: int = 80) -> dict:
     rng = np.random.default_rng(seed)
-    image = torch.from_numpy(rng.integers(0, 256, (3, height, width), dtype=np.uint8))
-    margins = fixed_margins((0.6, 0.6))
-    return {
-        "image": image,
-        "boxes": torch.tensor(boxes, dtype=torch.float64).reshape(-1, 4),
-        "crop_boxes": torch.tensor([expand_box(b, margins) for b in boxes], dtype=torch.int64).reshape(-1, 4),
-    }
+    image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    return box_crops(image, boxes, fixed_margins((0.6, 0.6)), 32)
 
 
 def test_packed_prediction_matches_one_image_at_a_time():
@@ -49,15 +45,6 @@ def test_packed_prediction_matches_one_image_at_a_time():
             assert a["mask"].shape == b["mask"].shape
             assert (a["mask"] != b["mask"]).mean() <= 1e-3  # at most a rounding flip at the threshold
             assert abs(a["score"] - b["score"]) < 1e-4
-
-
-def test_a_box_crop_does_not_depend_on_the_other_boxes():
-    image = torch.rand(3, 120, 160) * 255
-    boxes = torch.tensor([[10, 10, 20, 22], [0, 0, 160, 120], [-20, 30, 90, 100], [50, 50, 51, 51]])
-    together = resize_crops(image, boxes, 16)
-    for i in range(len(boxes)):
-        assert torch.equal(resize_crops(image, boxes[i : i + 1], 16)[0], together[i])
-    assert resize_crops(image, boxes[:0], 16).shape == (0, 3, 16, 16)
 
 
 def assert_same_masks(expected, actual):
@@ -109,9 +96,10 @@ def test_flip_test_is_mirror_symmetric_and_mixed_model_test_averages_student_and
         module.hparams.use_flip_test = True
         flip_test = module.mask_logits(images, areas)
         torch.testing.assert_close(module.mask_logits(images.flip(-1), areas), flip_test.flip(-1))
-        mirrored = module.student(images.flip(-1), areas, 32)[:, 0].flip(-1)
+        size = module.student.logit_size
+        mirrored = module.student(images.flip(-1), areas, size)[:, 0].flip(-1)
         torch.testing.assert_close(flip_test, (plain + mirrored) / 2)
         module.hparams.use_flip_test = False
         module.hparams.use_mixed_model_test = True
-        teacher = module.teacher(images, areas, 32)[:, 0]
+        teacher = module.teacher(images, areas, size)[:, 0]
         torch.testing.assert_close(module.mask_logits(images, areas), (plain + teacher) / 2)

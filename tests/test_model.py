@@ -2,10 +2,11 @@ import pickle
 
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from mal.backbone import create_vit, feature_map
-from mal.checkpoint import CheckpointError, load_pretrained, read_state_dict
+from mal.checkpoint import CheckpointError, load_pretrained, read_checkpoint
 from mal.decoder import size_bucket
 from mal.model import build_mask_net
 from mal.module import MALModule
@@ -30,7 +31,7 @@ def test_backbone_by_name_and_tao_alias():
 def test_conv_stem_keeps_mal_key_layout_and_output_shape():
     net = tiny_net(conv_stem=True)
     keys = net.backbone.state_dict().keys()
-    assert {"patch_embed.proj.0.0.weight", "patch_embed.proj.3.1.bias", "patch_embed.proj.4.weight"} <= set(keys)
+    assert {"patch_embed.proj.0.0.weight", "patch_embed.proj.3.1.bias", "patch_embed.proj.3.3.weight"} <= set(keys)
     assert net(torch.randn(2, 3, 64, 64), torch.tensor([10.0, 1e5]), 32).shape == (2, 1, 32, 32)
 
 
@@ -58,7 +59,9 @@ def test_size_buckets_cover_every_area():
     assert size_bucket(areas).tolist() == [0, 0, 1, 1, 2, 2]
 
 
-def test_backbone_weights_load_with_position_embedding_interpolation(tmp_path):
+def test_backbone_weights_keep_their_position_embedding_grid_interpolated_at_every_forward(tmp_path):
+    """As DINO / MAE / the original MAL: the embedding stays at its trained grid (here 2 x 2) and is resampled
+    bicubically to the crop's grid (4 x 4) at each forward with scale factor (4 + 0.1) / 2."""
     source = create_vit("vit_tiny_patch16_224", 32, **TINY)  # 2x2 grid
     state = {f"backbone.{k}": v for k, v in source.state_dict().items()}
     state["head.weight"] = torch.zeros(10, 32)  # a classifier head is ignored
@@ -66,7 +69,15 @@ def test_backbone_weights_load_with_position_embedding_interpolation(tmp_path):
     net = tiny_net(crop=64)  # 4x4 grid
     assert load_pretrained(net, tmp_path / "mae.safetensors") == "backbone"
     assert torch.equal(net.backbone.blocks[0].attn.qkv.weight, source.blocks[0].attn.qkv.weight)
-    assert net.backbone.pos_embed.shape == (1, 17, 32)
+    assert torch.equal(net.backbone.pos_embed, source.pos_embed)  # (1, 1 + 2 * 2, 32), not resampled at load
+    grid = source.pos_embed[:, 1:].reshape(1, 2, 2, 32).permute(0, 3, 1, 2)
+    dino = F.interpolate(grid, scale_factor=(4.1 / 2, 4.1 / 2), mode="bicubic").flatten(2).transpose(1, 2)
+    plain = F.interpolate(grid, size=(4, 4), mode="bicubic").flatten(2).transpose(1, 2)
+    assert not torch.allclose(dino, plain, atol=1e-4)  # the 0.1 matters, so the check below can fail
+    patches = net.backbone.patch_embed(torch.zeros(1, 3, 64, 64))
+    tokens = net.backbone._pos_embed(patches)
+    expected = torch.cat([source.cls_token + source.pos_embed[:, :1], patches + dino], dim=1)
+    torch.testing.assert_close(tokens, expected)
 
 
 def test_mal_checkpoint_round_trip(tmp_path):
@@ -99,7 +110,7 @@ def test_pickled_code_is_refused(tmp_path):
     with open(tmp_path / "evil.pth", "wb") as f:
         pickle.dump({"state_dict": Evil()}, f)
     with pytest.raises(CheckpointError, match="refused to load"):
-        read_state_dict(tmp_path / "evil.pth")
+        read_checkpoint(tmp_path / "evil.pth")
 
 
 def test_teacher_starts_as_a_copy_and_follows_by_ema():
