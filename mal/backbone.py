@@ -115,7 +115,9 @@ def adopt_pos_embed(vit: nn.Module, pos_embed: torch.Tensor) -> None:
     """Give `vit` a position-embedding parameter of `pos_embed`'s shape (its grid is read from the weights;
     it is interpolated at every forward), so that loading keeps the weights' own grid."""
     if vit.pos_embed.shape != pos_embed.shape:
-        vit.pos_embed = nn.Parameter(vit.pos_embed.new_zeros(pos_embed.shape), requires_grad=vit.pos_embed.requires_grad)
+        vit.pos_embed = nn.Parameter(
+            vit.pos_embed.new_zeros(pos_embed.shape), requires_grad=vit.pos_embed.requires_grad
+        )
 
 
 def cpu_bf16_autocast(images: torch.Tensor) -> bool:

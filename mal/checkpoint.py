@@ -129,7 +129,11 @@ def describe_checkpoint(path: str | Path) -> dict:
         return {"layout": "backbone", "conv_stem": any(k.endswith("patch_embed.proj.0.0.weight") for k in state)}
     net_state, layout = mask_net_state(state)
     try:
-        info = {"layout": layout, "has_teacher": any(k.startswith("teacher.") for k in state), **architecture(net_state)}
+        info = {
+            "layout": layout,
+            "has_teacher": any(k.startswith("teacher.") for k in state),
+            **architecture(net_state),
+        }
     except (KeyError, IndexError) as e:
         raise CheckpointError(f"{path}: a MAL checkpoint without the tensor {e}") from None
     if layout == "mal" and hparams is not None:

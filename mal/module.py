@@ -298,8 +298,7 @@ class MALModule(L.LightningModule):
         size = self.student.logit_size
         logits = torch.cat(logits) if logits else torch.empty(0, size, size)
         return [
-            self._paste_results(sample, image_logits)
-            for sample, image_logits in zip(samples, logits.split(counts))
+            self._paste_results(sample, image_logits) for sample, image_logits in zip(samples, logits.split(counts))
         ]
 
     def predicting_nets(self) -> list[MaskNet]:
@@ -336,7 +335,9 @@ class MALModule(L.LightningModule):
                     {"x0": int(xs.min()), "y0": int(ys.min()), "mask": region, "score": 0.0, "degenerate": True}
                 )
                 continue
-            x0, y0, probs = paste_probabilities(logits[i], sample["box_masks"][i], crop_boxes[i].tolist(), (height, width))
+            x0, y0, probs = paste_probabilities(
+                logits[i], sample["box_masks"][i], crop_boxes[i].tolist(), (height, width)
+            )
             mask = probs > thresholds[i]
             score = float(probs[mask].mean()) if mask.any() else 0.0
             results.append({"x0": x0, "y0": y0, "mask": mask.cpu().numpy(), "score": score, "degenerate": False})

@@ -51,7 +51,10 @@ DECODER = {
     "roi_head.mlp2.weight": ((HIDDEN, HIDDEN), "decoder.key_mlp.2.weight"),
     "roi_head.mlp2.bias": ((HIDDEN,), "decoder.key_mlp.2.bias"),
     **{
-        f"mask_head.convs.{i}.conv.weight": ((HIDDEN, WIDTH if i == 0 else HIDDEN, 3, 3), f"decoder.value_convs.{i}.0.weight")
+        f"mask_head.convs.{i}.conv.weight": (
+            (HIDDEN, WIDTH if i == 0 else HIDDEN, 3, 3),
+            f"decoder.value_convs.{i}.0.weight",
+        )
         for i in range(4)
     },
     **{f"mask_head.convs.{i}.conv.bias": ((HIDDEN,), f"decoder.value_convs.{i}.0.bias") for i in range(4)},
