@@ -3,6 +3,8 @@
 Two sources: a Hugging Face directory (Grounding DINO or MM-Grounding-DINO, picked by the Auto
 classes from config.json), or an original IDEA `.pth` with a named architecture and a local vocab
 directory. A checkpoint that does not fit the architecture is an error listing the keys at fault.
+Either way the model inverts sigmoids and the processor resizes images as the original code does
+(gdino.fidelity), so the same trained weights give the same labels from either source.
 """
 
 from __future__ import annotations
@@ -14,20 +16,19 @@ from pathlib import Path
 
 import torch
 from transformers import (
-    AutoImageProcessor,
     AutoModelForZeroShotObjectDetection,
     AutoTokenizer,
     BertConfig,
     BertTokenizerFast,
     GroundingDinoConfig,
     GroundingDinoForObjectDetection,
-    GroundingDinoImageProcessor,
     SwinConfig,
 )
 
 from gdino.convert import key_listing, load_idea_checkpoint
 from gdino.deformable import use_level_sampling
 from gdino.errors import GDinoError
+from gdino.fidelity import IdeaImageProcessor, use_original_numerics
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -143,12 +144,15 @@ def _load_tokenizer(directory: Path):
         raise GDinoError(f"model.tokenizer: cannot load a tokenizer from {directory}: {e}") from None
 
 
-def _load_image_processor(directory: Path):
-    """The directory's own resize/normalise settings, or the Grounding DINO defaults when it has none."""
+def _load_image_processor(directory: Path | None) -> IdeaImageProcessor:
+    """IDEA's PIL preprocessing with the directory's own resize/normalise settings, or with the Grounding
+    DINO defaults (shorter side 800, longer <= 1333, ImageNet mean/std) when it has none (or for a .pth)."""
+    if directory is None:
+        return IdeaImageProcessor()
     try:
-        return AutoImageProcessor.from_pretrained(directory, local_files_only=True)
+        return IdeaImageProcessor.from_pretrained(directory, local_files_only=True)
     except OSError:
-        return GroundingDinoImageProcessor()
+        return IdeaImageProcessor()
 
 
 def load_detector(
@@ -167,8 +171,9 @@ def load_detector(
     token_dir = Path(tokenizer) if tokenizer else (source if source.is_dir() else None)
     if token_dir is None:
         raise GDinoError("model.tokenizer: required for a .pth checkpoint (a directory with vocab.txt)")
-    image_processor = _load_image_processor(source) if source.is_dir() else GroundingDinoImageProcessor()
+    image_processor = _load_image_processor(source if source.is_dir() else None)
     dtype = PRECISIONS[precision]
     model = model.to(dtype).eval()
     use_level_sampling(model)
+    use_original_numerics(model)
     return Detector(model, _load_tokenizer(token_dir), image_processor, dtype)

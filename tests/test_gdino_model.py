@@ -4,11 +4,12 @@ import json
 
 import pytest
 import torch
-from gdino_helpers import VOCAB_DIR, needs_vocab, save_tiny_model_dir, tiny_model, to_idea_layout
+from gdino_helpers import SMALL_SIZE, VOCAB_DIR, needs_vocab, save_tiny_model_dir, tiny_model, to_idea_layout
 
 from gdino.convert import convert_state_dict, strip_wrappers
 from gdino.deformable import use_level_sampling
 from gdino.errors import GDinoError
+from gdino.fidelity import IdeaImageProcessor, use_original_numerics
 from gdino.model import load_detector
 
 pytestmark = needs_vocab
@@ -53,6 +54,7 @@ def reference():
     torch.set_num_threads(1)
     model = tiny_model(seed=3)
     use_level_sampling(model)  # as load_detector does, so that outputs compare exactly
+    use_original_numerics(model)
     with torch.no_grad():
         out = model(**_inputs())
     return model, out
@@ -78,6 +80,8 @@ def test_idea_checkpoint_converts_every_key_and_reproduces_outputs(tmp_path, ref
     assert torch.equal(out.logits, expected.logits)
     assert torch.equal(out.pred_boxes, expected.pred_boxes)
     assert detector.tokenizer("a cat")["input_ids"] == [101, 1037, 4937, 102]
+    assert type(detector.image_processor) is IdeaImageProcessor
+    assert detector.image_processor.size.shortest_edge == 800 and detector.image_processor.size.longest_edge == 1333
 
 
 def test_unknown_or_missing_checkpoint_keys_are_listed(tmp_path, reference):
@@ -106,10 +110,19 @@ def test_unknown_or_missing_checkpoint_keys_are_listed(tmp_path, reference):
 def test_hf_directory_loads_through_auto_classes_in_each_precision(tmp_path, reference):
     model, expected = reference
     directory = save_tiny_model_dir(tmp_path / "tiny", seed=3)
+    settings = json.loads((directory / "processor_config.json").read_text())
+    settings["image_processor"].update(size=SMALL_SIZE, image_mean=[0.5, 0.5, 0.5])
+    (directory / "processor_config.json").write_text(json.dumps(settings))
     detector = load_detector(str(directory))
     assert type(detector.model).__name__ == "GroundingDinoForObjectDetection"
     with torch.no_grad():
-        assert torch.equal(detector.model(**_inputs()).logits, expected.logits)
+        out = detector.model(**_inputs())
+    assert torch.equal(out.logits, expected.logits)
+    assert torch.equal(out.pred_boxes, expected.pred_boxes)
+    # IDEA's PIL preprocessing, with the directory's own resize and normalise settings
+    assert type(detector.image_processor) is IdeaImageProcessor
+    assert detector.image_processor.size.shortest_edge == SMALL_SIZE["shortest_edge"]
+    assert list(detector.image_processor.image_mean) == [0.5, 0.5, 0.5]
     bf16 = load_detector(str(directory), precision="bf16")
     assert next(bf16.model.parameters()).dtype == torch.bfloat16
     with pytest.raises(GDinoError, match="model.precision"):
@@ -164,6 +177,7 @@ def test_mm_grounding_dino_directory_loads_through_auto_classes(tmp_path):
     MMGroundingDinoForObjectDetection(config).save_pretrained(tmp_path)
     detector = load_detector(str(tmp_path), tokenizer=str(VOCAB_DIR))
     assert type(detector.model).__name__ == "MMGroundingDinoForObjectDetection"
+    assert type(detector.image_processor) is IdeaImageProcessor  # the directory has no processor files
 
 
 def test_hf_directory_with_a_missing_weight_is_an_error(tmp_path):
