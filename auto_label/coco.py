@@ -6,11 +6,13 @@ the field, so that a bad annotation file stops a run before any model work inste
 
 from __future__ import annotations
 
-import json
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from auto_label.jsonfile import read_json_object
+from auto_label.masks import segmentation_problems
 
 MAX_REPORTED_PROBLEMS = 20
 
@@ -19,26 +21,13 @@ class CocoFormatError(ValueError):
     """A COCO file that cannot be used; the message names file, record and field."""
 
 
+COCO_HOLDS = "'images', 'annotations' and 'categories' lists"
+
+
 def read_json(path: str | Path) -> dict:
-    """Read a JSON object, turning I/O, encoding and syntax problems into one clear error."""
-    path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise CocoFormatError(f"{path}: file not found") from None
-    except OSError as e:
-        raise CocoFormatError(f"{path}: cannot read file: {e.strerror or e}") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise CocoFormatError(f"{path}: not UTF-8 text (byte offset {e.start})") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise CocoFormatError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
-    if not isinstance(data, dict):
-        raise CocoFormatError(f"{path}: top level must be a JSON object, got {type(data).__name__}")
-    return data
+    """Read a COCO file's JSON object (a byte-order mark accepted), I/O, encoding and syntax problems
+    turned into one clear error."""
+    return read_json_object(path, CocoFormatError, COCO_HOLDS)
 
 
 def _is_int(value) -> bool:
@@ -46,7 +35,13 @@ def _is_int(value) -> bool:
 
 
 def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    """A finite JSON number that a float can hold (JSON integers may be longer than any float)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def _record(section: str, index: int, record) -> str:
@@ -105,7 +100,11 @@ def _check_annotation(ann) -> list[tuple[str, str]]:
 
 
 def validate_coco(data: dict, path: str | Path, require_annotations: bool = True) -> None:
-    """Check structure, types, box sizes, unique ids and references; raise one error listing problems."""
+    """Check structure, types, box sizes, unique ids, references and masks; raise one error listing problems.
+
+    Every segmentation is checked against its image's size (see `segmentation_problems`), so that a bad
+    mask stops any command when the file is loaded, not pycocotools' C code hours later.
+    """
     problems: list[str] = []
 
     def add(where: str, fieldname: str, message: str) -> None:
@@ -132,12 +131,18 @@ def validate_coco(data: dict, path: str | Path, require_annotations: bool = True
         if problems:
             break
     if not problems:
-        image_ids = {im["id"] for im in data["images"]}
+        images = {im["id"]: im for im in data["images"]}
         category_ids = {c["id"] for c in data["categories"]}
         for index, ann in enumerate(data.get("annotations", [])):
             where = _record("annotations", index, ann)
-            if ann["image_id"] not in image_ids:
+            image = images.get(ann["image_id"])
+            if image is None:
                 add(where, "image_id", f"unknown image id {ann['image_id']}")
+            else:
+                for fieldname, message in segmentation_problems(
+                    ann.get("segmentation"), image["height"], image["width"]
+                ):
+                    add(where, fieldname, message)
             if ann["category_id"] not in category_ids:
                 add(where, "category_id", f"unknown category id {ann['category_id']}")
     if problems:

@@ -1,95 +1,140 @@
-"""Compare any predicted COCO mask file with a ground-truth one: mIoU (paired by annotation id) and mask AP."""
+"""Compare any predicted COCO mask file with a ground-truth one: mIoU (paired by annotation id) and mask AP.
+
+Both read the ground truth through `auto_label.evaluation.mask_truth`: crowd regions, box-only records and
+records without a usable mask are left out of both (and so are the predictions for them), counted and said.
+A metric over nothing is None ("none"), never 0.0 or pycocotools' -1.
+"""
 
 from __future__ import annotations
 
-import contextlib
-import io
+from collections import Counter
 
-import numpy as np
 import torch
-from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
+from pycocotools import mask as mask_utils
 from rich.console import Console
 from rich.table import Table
 
-from auto_label.coco import CocoFile, load_coco
-from auto_label.masks import box_mask, mask_to_rle, segmentation_to_mask
+from auto_label.coco import CocoFile, CocoFormatError, load_coco
+from auto_label.evaluation import (
+    OF_LEFT_OUT,
+    UNKNOWN_IMAGE,
+    MaskTruth,
+    defined,
+    describe_left_out,
+    format_value,
+    mask_truth,
+    run_cocoeval,
+    truth_record,
+)
+from auto_label.masks import box_mask, mask_to_rle, segmentation_to_rle
 from auto_label.writers import write_coco
 from mal.metrics import summarize_ious
 
 AP_NAMES = ("mask_AP", "mask_AP50", "mask_AP75", "mask_AP_small", "mask_AP_medium", "mask_AP_large")
 
 
-def paired_ious(pred: CocoFile, gt: CocoFile) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
-    """IoU of each non-crowd GT mask with the prediction of the same id (0 when none); also counts misses."""
-    predicted = {a["id"]: a for a in pred.annotations if "segmentation" in a}
-    ious, categories, areas, missing = [], [], [], 0
-    for ann in gt.annotations:
+def check_same_sizes(pred: CocoFile, gt: CocoFile) -> None:
+    """Masks of an image are only comparable at one size: the files must agree on every shared image's."""
+    for image in pred.images:
+        truth = gt.images_by_id.get(image["id"])
+        if truth and (truth["width"], truth["height"]) != (image["width"], image["height"]):
+            raise CocoFormatError(
+                f"{pred.path}: image id {image['id']} is {image['width']}x{image['height']}, "
+                f"but {gt.path} says {truth['width']}x{truth['height']}"
+            )
+
+
+def predicted_masks(pred: CocoFile, gt: CocoFile, truth: MaskTruth) -> tuple[dict[int, dict], Counter]:
+    """Annotation id -> prediction (with its compressed RLE) of every non-crowd predicted mask that can be
+    scored, and the count of those left out: on an image the ground truth lacks (pycocotools' `loadRes`
+    refuses them), or for a ground-truth record that is no mask (whose prediction nothing can judge)."""
+    kept, left_out = {}, Counter()
+    for ann in pred.annotations:
         if ann.get("iscrowd", 0) or "segmentation" not in ann:
             continue
-        image = gt.images_by_id[ann["image_id"]]
-        h, w = image["height"], image["width"]
-        gt_mask = segmentation_to_mask(ann["segmentation"], h, w).astype(bool)
-        match = predicted.get(ann["id"])
+        if ann["image_id"] not in gt.images_by_id:
+            left_out[UNKNOWN_IMAGE] += 1
+        elif ann["id"] in truth.left_out_ids:
+            left_out[OF_LEFT_OUT] += 1
+        else:
+            image = gt.images_by_id[ann["image_id"]]
+            kept[ann["id"]] = {**ann, "rle": segmentation_to_rle(ann["segmentation"], image["height"], image["width"])}
+    return kept, left_out
+
+
+def paired_ious(predictions: dict[int, dict], truth: MaskTruth) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """IoU of each ground-truth instance with the prediction of the same id (0 when none), its class and
+    mask area; also counts the instances without a prediction."""
+    ious, categories, areas, missing = [], [], [], 0
+    for ann, rle, area in truth.instances:
+        match = predictions.get(ann["id"])
         if match is None or match["image_id"] != ann["image_id"]:
             missing += 1
             ious.append(0.0)
         else:
-            pred_mask = segmentation_to_mask(match["segmentation"], h, w).astype(bool)
-            union = np.logical_or(pred_mask, gt_mask).sum()
-            ious.append(float(np.logical_and(pred_mask, gt_mask).sum() / union) if union else 1.0)
+            ious.append(float(mask_utils.iou([match["rle"]], [rle], [0])[0][0]))
         categories.append(ann["category_id"])
-        areas.append(float(ann.get("area", gt_mask.sum())))
+        areas.append(float(area))
     return torch.tensor(ious), torch.tensor(categories), torch.tensor(areas), missing
 
 
-def mask_ap(pred: CocoFile, gt: CocoFile) -> dict[str, float]:
-    """COCO mask AP (pycocotools); a prediction's score is `score`, else `mal_score`, else 1."""
-    gt_data = {
-        **gt.data,
-        "annotations": [
-            {**a, "iscrowd": a.get("iscrowd", 0), "area": a.get("area", a["bbox"][2] * a["bbox"][3])}
-            for a in gt.annotations
-            if "segmentation" in a
-        ],
-    }
+def mask_ap(predictions: dict[int, dict], truth: MaskTruth, gt: CocoFile) -> dict[str, float | None]:
+    """COCO mask AP (pycocotools) over the instances, crowd regions excusing predictions over them; a
+    prediction's score is `score`, else `mal_score`, else 1. Masks reach pycocotools as RLE, read like
+    the mIoU's, and areas are those of the masks (as the in-training metric computes them)."""
+    if not truth.instances:
+        return dict.fromkeys(AP_NAMES)
+    records = [truth_record(ann, area, segmentation=rle) for ann, rle, area in truth.instances + truth.crowd]
     results = [
         {
             "image_id": a["image_id"],
             "category_id": a["category_id"],
-            "segmentation": a["segmentation"],
+            "segmentation": a["rle"],
             "score": a.get("score", a.get("mal_score", 1.0)),
         }
-        for a in pred.annotations
-        if "segmentation" in a and not a.get("iscrowd", 0)
+        for a in predictions.values()
     ]
-    if not results or not gt_data["annotations"]:
-        return dict.fromkeys(AP_NAMES, 0.0)
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco_gt = COCO()
-        coco_gt.dataset = gt_data
-        coco_gt.createIndex()
-        evaluator = COCOeval(coco_gt, coco_gt.loadRes(results), iouType="segm")
-        evaluator.evaluate()
-        evaluator.accumulate()
-        evaluator.summarize()
-    return {name: float(v) for name, v in zip(AP_NAMES, evaluator.stats[:6])}
+    evaluator = run_cocoeval(gt.images, gt.categories, records, results, "segm")
+    return {name: defined(v) for name, v in zip(AP_NAMES, evaluator.stats[:6])}
 
 
-def evaluate_files(pred_path: str, gt_path: str) -> dict[str, float]:
+def evaluate_files(pred_path: str, gt_path: str) -> dict:
+    """mIoU and mask AP of `pred_path` against `gt_path`, the counts of what was left out under
+    `left_out`, and `nothing_to_score` (why) where the ground truth holds no instance mask."""
     gt = load_coco(gt_path, check_image_files=False)
     pred = load_coco(pred_path, check_image_files=False)
-    ious, categories, areas, missing = paired_ious(pred, gt)
-    return {**summarize_ious(ious, categories, areas), "missing_predictions": missing, **mask_ap(pred, gt)}
+    check_same_sizes(pred, gt)
+    truth = mask_truth(gt)
+    predictions, left_out_predictions = predicted_masks(pred, gt, truth)
+    ious, categories, areas, missing = paired_ious(predictions, truth)
+    metrics = {**summarize_ious(ious, categories, areas), "missing_predictions": missing}
+    metrics.update(mask_ap(predictions, truth, gt))
+    left_out = +(truth.left_out + left_out_predictions)
+    metrics["left_out"] = dict(left_out)
+    if not truth.instances:
+        metrics["nothing_to_score"] = (
+            f"{gt_path} holds no instance mask to score against "
+            f"({len(gt.annotations)} records, none a non-crowd record with a usable mask)"
+        )
+    return metrics
 
 
-def print_table(metrics: dict[str, float], title: str) -> None:
-    table = Table(title=title)
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for key, value in metrics.items():
-        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
-    Console().print(table)
+def print_table(metrics: dict, title: str) -> None:
+    """The metrics as a table ("none" for a metric over nothing), then what was left out; where there is
+    nothing to score, that reason instead of the table."""
+    console = Console()
+    if "nothing_to_score" not in metrics:
+        table = Table(title=title)
+        table.add_column("metric")
+        table.add_column("value", justify="right")
+        for key, value in metrics.items():
+            if key != "left_out":
+                table.add_row(key, format_value(value))
+        console.print(table)
+    for line in describe_left_out(Counter(metrics["left_out"])):
+        console.print(line, highlight=False)
+    if "nothing_to_score" in metrics:
+        console.print(f"{title}: nothing to score: {metrics['nothing_to_score']}", highlight=False)
 
 
 def write_box_fill(gt_path: str, out_path: str) -> None:

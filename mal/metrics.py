@@ -18,18 +18,19 @@ def mask_ious(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
     return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
 
 
-def summarize_ious(ious: torch.Tensor, category_ids: torch.Tensor, gt_areas: torch.Tensor) -> dict[str, float]:
-    """mIoU over instances, over classes (mean of per-class means) and per COCO size bucket."""
-    if len(ious) == 0:
-        return {"mIoU": 0.0, "mIoU_class": 0.0, "num_instances": 0}
+def summarize_ious(ious: torch.Tensor, category_ids: torch.Tensor, gt_areas: torch.Tensor) -> dict[str, float | None]:
+    """mIoU over instances, over classes (mean of per-class means) and per COCO size bucket; None for a
+    mean over no instance (a 0.0 would read as a result)."""
     ious = ious.double()
+    if len(ious) == 0:
+        return {"mIoU": None, "mIoU_class": None, **{f"mIoU_{name}": None for name in SIZE_NAMES}, "num_instances": 0}
     summary = {"mIoU": ious.mean().item()}
     per_class = [ious[category_ids == c].mean() for c in category_ids.unique()]
     summary["mIoU_class"] = torch.stack(per_class).mean().item()
     buckets = size_bucket(gt_areas)
     for b, name in enumerate(SIZE_NAMES):
         selected = ious[buckets == b]
-        summary[f"mIoU_{name}"] = selected.mean().item() if len(selected) else float("nan")
+        summary[f"mIoU_{name}"] = selected.mean().item() if len(selected) else None
     summary["num_instances"] = len(ious)
     return summary
 
@@ -51,10 +52,12 @@ class MaskIoUMetric(Metric):
         self.gt_areas.append(gt_areas.double().to(self.device))
 
     def compute(self) -> dict[str, torch.Tensor]:
-        def cat(x):
-            return torch.cat(x) if isinstance(x, list) else x
+        """The defined entries of `summarize_ious`: a mean over no instance is left out, not logged as 0."""
 
-        if isinstance(self.ious, list) and not self.ious:
-            return {"mIoU": torch.tensor(0.0), "mIoU_class": torch.tensor(0.0)}
+        def cat(x):
+            if isinstance(x, list):
+                return torch.cat(x) if x else torch.zeros(0, dtype=torch.float64)
+            return x
+
         summary = summarize_ious(cat(self.ious).cpu(), cat(self.category_ids).cpu(), cat(self.gt_areas).cpu())
-        return {k: torch.tensor(float(v)) for k, v in summary.items()}
+        return {k: torch.tensor(float(v)) for k, v in summary.items() if v is not None}

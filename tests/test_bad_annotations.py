@@ -74,3 +74,74 @@ def test_debug_shows_the_traceback(assets, tmp_path, capsys, monkeypatch):
     main, argv = COMMANDS["generate"](assets, ann, tmp_path)
     with pytest.raises(ValueError, match="invalid JSON"):
         run_command(main, [*argv, "--debug"], capsys, monkeypatch)
+
+
+# name -> (the first record's segmentation, made for its image, the words naming the field and the fault)
+BAD_MASKS = {
+    "rle_overrun": (
+        lambda im: {"size": [im["height"], im["width"]], "counts": [10, 20, im["height"] * im["width"]]},
+        ["field 'segmentation.counts'", "runs cover"],
+    ),
+    "rle_of_another_size": (
+        lambda im: {"size": [im["height"] + 1, im["width"]], "counts": [(im["height"] + 1) * im["width"]]},
+        ["field 'segmentation.size'", "is not the image's [height, width]"],
+    ),
+    "huge_polygon_coordinates": (
+        lambda im: [[0.0, 0.0, 1e12, 0.0, 5.0, 5.0]],
+        ["field 'segmentation[0]'", "not within one image size"],
+    ),
+}
+
+
+def mal_fit_validation(assets, ann, out):
+    main, argv = mal_fit(assets, assets["boxes"], out)
+    return main, [*argv, "--data.val_ann_path", str(ann), "--data.val_img_dir", str(assets["images"])]
+
+
+def mal_validate(assets, ann, out):
+    data = ["--data.val_ann_path", str(ann), "--data.val_img_dir", str(assets["images"])]
+    run = [
+        "--ckpt_path",
+        str(assets["mal_checkpoint"]),
+        "--trainer.logger",
+        "false",
+        f"--trainer.default_root_dir={out}",
+    ]
+    return mal.__main__.main, ["mal", "validate", *TINY_MAL_ARGS, *data, *run]
+
+
+def mal_evaluate(assets, ann, out):
+    return mal.__main__.main, ["mal", "evaluate", "--pred", str(assets["boxes"]), "--gt", str(ann)]
+
+
+def gdino_evaluate(assets, ann, out):
+    return gdino.__main__.main, ["gdino", "evaluate", "--pred", str(assets["boxes"]), "--gt", str(ann)]
+
+
+MASK_COMMANDS = {
+    "mal fit (validation file)": mal_fit_validation,
+    "mal validate": mal_validate,
+    "mal evaluate": mal_evaluate,
+    "gdino evaluate": gdino_evaluate,
+    "generate": generate,
+}
+
+
+@pytest.mark.parametrize("fault", list(BAD_MASKS))
+@pytest.mark.parametrize("command", list(MASK_COMMANDS))
+def test_a_bad_mask_stops_the_command_when_its_file_is_loaded(assets, tmp_path, capsys, monkeypatch, command, fault):
+    segmentation, words = BAD_MASKS[fault]
+    data = json.loads(assets["boxes"].read_text())
+    first = data["annotations"][0]
+    first["segmentation"] = segmentation(next(im for im in data["images"] if im["id"] == first["image_id"]))
+    ann = tmp_path / "bad.json"
+    ann.write_text(json.dumps(data))
+    out = tmp_path / "out"
+    out.mkdir()
+    main, argv = MASK_COMMANDS[command](assets, ann, out)
+    code, err = run_command(main, argv, capsys, monkeypatch)
+    assert code == 2 and "Traceback" not in err, err
+    assert str(ann) in err and f"annotations[0] (id {first['id']})" in err, err
+    for word in words:
+        assert word in err
+    assert not list(out.rglob("*.ckpt")) and not list(out.rglob("labels.json"))
