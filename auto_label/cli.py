@@ -31,12 +31,17 @@ def report_error(error: BaseException, prefix: str = "error") -> None:
     print("(run again with --debug for the full traceback)", file=sys.stderr)
 
 
+def configure_logging() -> None:
+    """INFO lines of our modules (e.g. the precision `auto` chose) on stderr, as Lightning prints its own."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+
 def run_guarded(main: Callable[[list[str]], None]) -> None:
     """Call `main(sys.argv[1:])`; user-facing errors print `error: ...` and exit 2 unless `--debug` is given.
     Ctrl-C exits 130, as shells expect, also where Lightning turns the interrupt into its own exit status 1."""
     argv, debug = pop_debug(sys.argv)
     sys.argv = argv
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    configure_logging()
     interrupted = []
 
     def on_sigint(signum, frame):

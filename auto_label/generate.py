@@ -18,6 +18,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from auto_label.precision import accelerator_device, resolve_dtype_name, resolve_precision
 from auto_label.report import build_report, summary, write_report
 from auto_label.spec import IMAGENET_MEAN, IMAGENET_STD, Spec, SpecError
 from auto_label.writers import check_writable
@@ -47,6 +48,19 @@ MAL_ARCH_KEYS = {
 }
 
 
+def accelerator() -> str:
+    """The stages run on the GPUs when there are any, else on the CPU."""
+    return "gpu" if torch.cuda.is_available() else "cpu"
+
+
+def mal_precision(spec: Spec) -> tuple[str, str]:
+    """(Lightning precision, reason) of the MAL stage. TAO's `mal.train.use_amp` (default true) means mixed
+    precision where the hardware computes it fast: `precision: auto` (auto_label.precision); false: fp32."""
+    if not spec.get("mal.train.use_amp"):
+        return "32-true", "mal.train.use_amp is false"
+    return resolve_precision("auto", accelerator_device(accelerator()))
+
+
 def trainer_kwargs(spec: Spec) -> dict:
     """Devices and nodes from num_gpus / gpu_ids, or from torchrun / SLURM when they started the processes.
 
@@ -55,14 +69,14 @@ def trainer_kwargs(spec: Spec) -> dict:
     """
     env = os.environ
     num_gpus, gpu_ids = spec.get("num_gpus"), list(spec.get("gpu_ids"))
-    accelerator = "gpu" if torch.cuda.is_available() else "cpu"
+    accelerator_name = accelerator()
     num_nodes = 1
     if "TORCHELASTIC_RUN_ID" in env:  # torchrun: one process per local device, on every node
         devices = int(env["LOCAL_WORLD_SIZE"])
         num_nodes = int(env["WORLD_SIZE"]) // devices
     elif "SLURM_NTASKS" in env and env.get("SLURM_JOB_NAME") not in ("bash", "interactive"):
         devices, num_nodes = num_gpus, int(env.get("SLURM_NNODES", "1"))
-    elif accelerator == "gpu":
+    elif accelerator_name == "gpu":
         if len(gpu_ids) == num_gpus:
             devices = gpu_ids
         elif gpu_ids == [0]:  # the default: the first num_gpus GPUs
@@ -73,7 +87,7 @@ def trainer_kwargs(spec: Spec) -> dict:
         devices = num_gpus
     world = (len(devices) if isinstance(devices, list) else devices) * num_nodes
     return {
-        "accelerator": accelerator,
+        "accelerator": accelerator_name,
         "devices": devices,
         "num_nodes": num_nodes,
         "strategy": "ddp" if world > 1 else "auto",
@@ -158,9 +172,10 @@ def run_mal(spec: Spec, ann_path: str, img_dir: str, fresh: bool, data_options: 
     data = COCOBoxDataModule(crop_size=module.hparams.crop_size, **data_kwargs)
     data.predict_coco = boxes
     writer = MaskLabelWriter(str(out), fresh=fresh)
-    summary = _predict(spec, module, data, writer)
+    precision, reason = mal_precision(spec)
+    summary = _predict(spec, module, data, writer, precision)
     inputs = {"mal_checkpoint": spec.get("mal.checkpoint"), "mal_ann_path": str(ann_path), "mal_img_dir": str(img_dir)}
-    stage = {"name": "mal", "inputs": inputs, **summary, "output": str(out)}
+    stage = {"name": "mal", "inputs": inputs, **summary, "precision_reason": reason, "output": str(out)}
     if load_mask and summary["is_global_zero"]:  # TAO's load_mask: score the labels against the input's masks
         metrics = evaluate_files(str(out), str(ann_path))
         print_table(metrics, f"MAL masks vs the masks in {ann_path}")
@@ -168,7 +183,7 @@ def run_mal(spec: Spec, ann_path: str, img_dir: str, fresh: bool, data_options: 
     return stage
 
 
-def build_gdino(spec: Spec) -> GroundingDinoLabeler:
+def build_gdino(spec: Spec, precision: str = "auto") -> GroundingDinoLabeler:
     checkpoint = Path(spec.get("grounding_dino.checkpoint"))
     augmentation = spec.get("grounding_dino.dataset.augmentation")
     if list(augmentation.input_mean) != IMAGENET_MEAN or list(augmentation.input_std) != IMAGENET_STD:
@@ -196,6 +211,7 @@ def build_gdino(spec: Spec) -> GroundingDinoLabeler:
         iteration_scheduler=spec.to_dict()["grounding_dino"]["iteration_scheduler"],
         annealing=spec.get("grounding_dino.annealing"),
         image_size=None if sizes == (800, 1333) else {"shortest_edge": sizes[0], "longest_edge": sizes[1]},
+        precision=precision,
     )
     for key in ("num_queries", "max_text_len"):
         actual = getattr(labeler.model.config, key)
@@ -227,21 +243,31 @@ def run_gdino(spec: Spec, fresh: bool, writer_kwargs: dict, data_options: dict) 
         fresh=fresh,
         **writer_kwargs,
     )
-    summary = _predict(spec, build_gdino(spec), data, writer)
+    # TAO has no precision key for Grounding DINO: always auto (its weights are cast, no autocast)
+    precision, reason = resolve_dtype_name("auto", accelerator_device(accelerator()))
+    summary = _predict(spec, build_gdino(spec, precision), data, writer)
     inputs = {
         "gdino_checkpoint": spec.get("grounding_dino.checkpoint"),
         "gdino_image_dir": spec.get("grounding_dino.dataset.image_dir"),
     }
+    summary.update(precision=precision, precision_reason=reason)
     return {"name": "grounding_dino", "inputs": inputs, **summary, "output": str(writer.output), "shards": writer.store}
 
 
-def _predict(spec: Spec, module, data, writer) -> dict:
-    """One Lightning predict run; returns the writer's counts (rank 0) with the stage's wall time."""
+def _predict(spec: Spec, module, data, writer, precision: str = "32-true") -> dict:
+    """One Lightning predict run in `precision`; returns the writer's counts (rank 0) with the stage's wall time
+    and the trainer's precision."""
     start = time.perf_counter()
-    trainer = L.Trainer(**trainer_kwargs(spec), callbacks=[writer], default_root_dir=spec.get("results_dir") or None)
+    trainer = L.Trainer(
+        **trainer_kwargs(spec),
+        precision=precision,
+        callbacks=[writer],
+        default_root_dir=spec.get("results_dir") or None,
+    )
     trainer.predict(module, datamodule=data, return_predictions=False)
     summary = dict(writer.summary or {})
     summary.update(wall_time_s=round(time.perf_counter() - start, 3), processes=trainer.world_size)
+    summary["precision"] = trainer.precision
     summary["is_global_zero"], summary["accelerator"] = trainer.is_global_zero, type(trainer.accelerator).__name__
     return summary
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from auto_label.precision import cpu_label
 from auto_label.writers import atomic_write
 
 PACKAGES = ("auto-label", "torch", "lightning", "transformers", "timm", "omegaconf")
@@ -55,6 +56,8 @@ def build_report(spec, stages: list[dict], wall_time: float, processes: int, acc
         "versions": versions(),
         "processes": processes,
         "accelerator": accelerator,
+        "cpu_capability": cpu_label(),  # e.g. AVX2, AVX512 + AVX512-BF16: what the speed and precision depend on
+        "precision": {s["name"]: s["precision"] for s in stages},
         "counts": {
             "images": last["images"],
             "boxes": boxes,
@@ -86,6 +89,8 @@ def summary(report: dict, path: str | Path) -> str:
         f"  {report['wall_time_s']:.1f} s on {report['processes']} {report['accelerator']} process(es): "
         f"{report['images_per_s']} images/s, {report['boxes_per_s']} boxes/s; "
         f"peak memory {report['peak_memory']['cpu_rss_bytes'] / 2**20:.0f} MiB",
+        f"  CPU {report['cpu_capability']}; precision "
+        + ", ".join(f"{s['name']} {s['precision']} ({s['precision_reason']})" for s in report["stages"]),
     ]
     lines += [f"  {name}: {output}" for name, output in report["outputs"].items()]
     lines += [f"  skipped {s['file_name']}: {s['reason']}" for s in report["skipped"][:10]]

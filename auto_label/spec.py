@@ -58,6 +58,9 @@ SCHEMA = {
             "num_epochs": 10,
             "batch_size": 3,
             "accum_grad_batches": 1,
+            # true: mixed precision where the hardware computes it fast (`precision: auto`, auto_label.precision:
+            # bf16 on GPUs with bf16 and CPUs with AVX512-BF16 / AMX, fp16 on other GPUs, fp32 on other CPUs);
+            # false: fp32. `generate` applies it to the MAL stage; Grounding DINO always takes auto.
             "use_amp": True,
             "pretrained_model_path": None,
             "optim_type": "adamw",

@@ -3,7 +3,10 @@ real Grounding DINO tiny architecture (Swin-T + BERT-base, random weights: speed
 a 1,000-class vocabulary against 80 classes, the cost of a 3-pass schedule against one pass (re-query with
 and without reused backbone/text features, and threshold-only annealing), and where the time goes.
 
-    python benchmarks/gdino_label.py [--real-images 2] [--tiny-images 24] [--precision bf16] [--out results/bench/gdino]
+    python benchmarks/gdino_label.py [--real-images 2] [--tiny-images 24] [--precision auto] [--out results/bench/gdino]
+
+The real-size model runs in `--precision` (auto: bf16 on a CPU with AVX512-BF16 / AMX, fp32 on others, where
+bf16 is emulated); the tiny test-size model in fp32. The output names the CPU capability and each precision.
 
 Two 3-pass schedules. "Nothing found": thresholds of 1.0, which no score exceeds, so every pass asks every
 class of every image again with the same captions (TAO pays 3 full forwards; reuse answers passes 2 and 3 from
@@ -35,6 +38,7 @@ from transformers import (
     GroundingDinoProcessor,
 )
 
+from auto_label.precision import cpu_label, resolve_dtype_name
 from auto_label.synthetic import make_synthetic_coco
 from gdino.data import GroundingDinoDataModule
 from gdino.model import idea_config, small_config
@@ -309,8 +313,9 @@ def bench_size(name, model_dir, image_dir, precision, image_size, images, big_vo
 def markdown(results: dict) -> str:
     m = results["machine"]
     lines = [
-        f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} threads), "
-        f"transformers {m['transformers']}. Random weights. Batch 1 image, no loader workers.",
+        f"Machine: {m['cpu']}, {m['cores']} cores, CPU capability {m['cpu_capability']}, torch {m['torch']} "
+        f"({m['torch_threads']} threads), transformers {m['transformers']}. Random weights. Batch 1 image, no "
+        f"loader workers. Real-size precision: {results['precision']} ({results['precision_reason']}).",
         "",
         "| size | run | classes | passes | thresholds | found per image, passes 1-2 | images | forwards | images/s "
         "| cost vs 1 pass, 80 classes (mean of first and last) |",
@@ -359,7 +364,9 @@ def main() -> None:
     parser.add_argument("--tiny-images", type=int, default=24, help="images for the tiny test-size model")
     parser.add_argument("--real-images", type=int, default=2, help="800x1333 images for the real tiny model")
     parser.add_argument("--real-1000-images", type=int, default=1, help="800x1333 images with 1,000 classes (0: skip)")
-    parser.add_argument("--precision", default="bf16", choices=("fp32", "bf16"), help="real-size model precision")
+    parser.add_argument(
+        "--precision", default="auto", choices=("auto", "fp32", "bf16"), help="real-size model precision"
+    )
     parser.add_argument("--skip-real", action="store_true", help="only the tiny test-size model")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice, one per core)")
     parser.add_argument("--out", default="results/bench/gdino")
@@ -380,6 +387,7 @@ def main() -> None:
         "machine": {
             "cpu": next((x.split(":", 1)[1].strip() for x in lines if x.startswith("model name")), "?"),
             "cores": os.cpu_count(),
+            "cpu_capability": cpu_label(),
             "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__,
             "transformers": transformers.__version__,
@@ -387,10 +395,13 @@ def main() -> None:
         },
         "sizes": {},
     }
+    args.precision, results["precision_reason"] = resolve_dtype_name(args.precision, "cpu")
+    results["precision"] = args.precision
+    print(f"CPU {results['machine']['cpu_capability']}; real size in {args.precision}", flush=True)
     small = make_synthetic_coco(out / "small", max(args.tiny_images, 1), 96, 128, seed=0)
     tiny_dir = save_model(out / "tiny_test_model_scaled", small_config(max_text_len=256), logit_scale=0.7)
     size = {"shortest_edge": 96, "longest_edge": 160}
-    results["sizes"]["tiny test model, 96x128 images (resized to 96x128)"] = bench_size(
+    results["sizes"]["tiny test model, 96x128 images (resized to 96x128), fp32"] = bench_size(
         "tiny", tiny_dir, small.parent / "images", "fp32", size, args.tiny_images, args.tiny_images, out
     )
     if not args.skip_real:

@@ -1,6 +1,8 @@
 """MAL quality on real data: fit on the boxes of ../shared/data/coco128 (no mask is read for training),
 from a randomly initialised backbone, within a time budget; predict every box; compare with the real
-masks and with the box-fill baseline. Prints a Markdown row for BENCHMARKS.md and writes JSON.
+masks and with the box-fill baseline. Prints a Markdown row for BENCHMARKS.md and writes JSON, both with
+the optimizer steps the fit reached in its budget, the CPU capability and the precision `auto` chose (bf16
+on a CPU with AVX512-BF16 / AMX, fp32 on AVX2; `--trainer.precision=...` overrides).
 
     python benchmarks/mal_coco128.py [--minutes 30] [--out results/bench/mal_coco128] [key=value overrides]
 """
@@ -15,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from auto_label.cli import configure_logging
+from auto_label.precision import cpu_label
 from mal.__main__ import cli_main
 from mal.evaluate import evaluate_files, print_table, write_box_fill
 
@@ -29,6 +33,7 @@ def main() -> None:
     parser.add_argument("--out", default="results/bench/mal_coco128")
     parser.add_argument("overrides", nargs="*", help="extra Lightning CLI arguments, e.g. --model.lr=1e-5")
     args = parser.parse_args()
+    configure_logging()
     ann = COCO128 / "annotations" / "instances.json"
     if not ann.is_file():
         raise SystemExit(f"{ann} not found: this benchmark needs ../shared/data/coco128 beside the repository")
@@ -67,6 +72,13 @@ def main() -> None:
     fit_seconds = time.time() - start
     checkpoint = cli.trainer.checkpoint_callback.last_model_path
     epochs, steps = cli.trainer.current_epoch, cli.trainer.global_step
+    stopped_by = "the time budget" if epochs < cli.trainer.max_epochs else f"max_epochs {cli.trainer.max_epochs}"
+    conditions = {
+        "cpu_capability": cpu_label(),
+        "precision": cli.trainer.precision,
+        "precision_reason": cli.trainer.precision_reason,
+    }
+    print(f"fit: {steps} optimizer steps, {epochs} epochs in {fit_seconds / 60:.1f} min, ended by {stopped_by}")
 
     labels = out / "labels.json"
     start = time.time()
@@ -83,6 +95,9 @@ def main() -> None:
         "fit_seconds": fit_seconds,
         "epochs": epochs,
         "steps": steps,
+        "budget_minutes": args.minutes,
+        "stopped_by": stopped_by,
+        **conditions,
         "predict_seconds": predict_seconds,
         "checkpoint": checkpoint,
         "overrides": args.overrides,
@@ -91,7 +106,8 @@ def main() -> None:
     }
     (out / "result.json").write_text(json.dumps(result, indent=2))
     print(
-        f"| MAL (ours, {Path(args.config).name}, {fit_seconds / 60:.1f} min fit, {epochs} epochs) "
+        f"| MAL (ours, {Path(args.config).name}, {fit_seconds / 60:.1f} min fit of a {args.minutes:g} min budget: "
+        f"{steps} steps, {epochs} epochs; {conditions['precision']}, CPU {conditions['cpu_capability']}) "
         f"| {mal['mIoU']:.3f} | {mal['mIoU_class']:.3f} | {mal['mask_AP']:.3f} |"
     )
     print(f"| box-fill baseline | {boxes['mIoU']:.3f} | {boxes['mIoU_class']:.3f} | {boxes['mask_AP']:.3f} |")

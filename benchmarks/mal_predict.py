@@ -6,7 +6,9 @@ same weights and data (PIL crop + resize per box, batch of one box, fp32: the wa
 
 Model: configs/mal/coco128_cpu.yaml's model settings (ViT-Tiny/16, crop 256, 128-channel mask head) with
 random weights (seed 1234): speed does not depend on the weights. Our path is the real predict path
-(Lightning `trainer.predict` with the MaskLabelWriter, bf16-mixed as in the config, data loading in a worker).
+(Lightning `trainer.predict` with the MaskLabelWriter, data loading in a worker) in the precision `auto` chooses,
+as the config does: bf16-mixed on a CPU with AVX512-BF16 / AMX, 32-true on others (`--precision` overrides).
+The output names the CPU capability and that precision beside every number.
 Data: ../shared/data/coco128 (skipped with a message when absent) and a synthetic set (auto_label.synthetic).
 Prints Markdown tables for BENCHMARKS.md and writes results.json.
 """
@@ -32,6 +34,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from auto_label.coco import load_coco
 from auto_label.masks import mask_iou, mask_to_rle, segmentation_to_mask
+from auto_label.precision import DTYPE_NAMES, cpu_label, resolve_precision
 from auto_label.synthetic import make_synthetic_coco
 from mal.crops import expand_box, fixed_margins, xywh_to_xyxy
 from mal.data import COCOBoxDataModule
@@ -50,6 +53,7 @@ def machine() -> dict:
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),
+        "cpu_capability": cpu_label(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "python": platform.python_version(),
@@ -193,7 +197,7 @@ def reference_predict(net, ann_path, img_dir, crop_size: int, loss_size: int, th
 
 
 def agreement(reference_masks: dict, labels_path: str, ann_path) -> float:
-    """Mean IoU between the reference's masks and ours (same weights; bf16 and crop method differ)."""
+    """Mean IoU between the reference's masks and ours (same weights; precision and crop method may differ)."""
     data = json.loads(Path(labels_path).read_text())
     sizes = {im["id"]: (im["height"], im["width"]) for im in data["images"]}
     ious = []
@@ -239,19 +243,20 @@ def set_fraction_of_ceiling(run: dict, flops: float, seconds: float, dtype: str,
 
 
 def bench_dataset(name, ann_path, img_dir, module, compiled, cfg, args, out: Path, flops, ceilings) -> dict:
-    """Our path over the whole set once; then, on its first images, `--rounds` rounds that each run our path
-    (bf16; compiled and fp32 when asked) and the reference, in an order rotated from round to round. Single
-    runs on this machine vary by up to 20%, so each ratio is the median of the rounds' ratios, with their
-    range."""
+    """Our path over the whole set once, in `args.precision`; then, on its first images, `--rounds` rounds that
+    each run our path (compiled, and in fp32 when ours is not, when asked) and the reference, in an order
+    rotated from round to round. Single runs on this machine vary by up to 20%, so each ratio is the median of
+    the rounds' ratios, with their range."""
     hp = module.hparams
     result = {"dataset": name}
-    batch = args.eval_batch_size
-    ours = run_ours(module, cfg, ann_path, img_dir, out / f"{name}_ours.json", "bf16-mixed", batch, args.workers)
+    batch, precision = args.eval_batch_size, args.precision
+    dtype = DTYPE_NAMES[precision]
+    ours = run_ours(module, cfg, ann_path, img_dir, out / f"{name}_ours.json", precision, batch, args.workers)
     total_flops = bucket_flops(ann_path, flops)
     ours["gflop_per_box"] = total_flops / ours["boxes"] / 1e9
-    set_fraction_of_ceiling(ours, total_flops, ours["loop_s"], "bf16", ceilings)
-    result["ours_bf16"] = ours
-    print(f"[{name}] ours bf16: {ours['boxes_per_s']:.1f} boxes/s, {ours['images_per_s']:.2f} images/s", flush=True)
+    set_fraction_of_ceiling(ours, total_flops, ours["loop_s"], dtype, ceilings)
+    result["ours"] = ours
+    print(f"[{name}] ours {dtype}: {ours['boxes_per_s']:.1f} boxes/s, {ours['images_per_s']:.2f} images/s", flush=True)
 
     small = subset(ann_path, args.reference_images, out / f"{name}_subset.json")
 
@@ -260,12 +265,12 @@ def bench_dataset(name, ann_path, img_dir, module, compiled, cfg, args, out: Pat
         return lambda: run_ours(variant, cfg, small, img_dir, output, precision, batch, args.workers)
 
     # key -> (one run, the dtype whose matmul ceiling it is compared with)
-    variants = {"ours_bf16_subset": (ours_on_small(module, "bf16-mixed", "ours_bf16_subset"), "bf16")}
+    variants = {"ours_subset": (ours_on_small(module, precision, "ours_subset"), dtype)}
     if compiled is not None:
-        key = "ours_bf16_compiled_subset"
-        variants[key] = (ours_on_small(compiled, "bf16-mixed", key), "bf16")
-        result["compiled_first_run_s"] = ours_on_small(compiled, "bf16-mixed", "compiled_first")()["loop_s"]
-    if not args.skip_fp32:
+        key = "ours_compiled_subset"
+        variants[key] = (ours_on_small(compiled, precision, key), dtype)
+        result["compiled_first_run_s"] = ours_on_small(compiled, precision, "compiled_first")()["loop_s"]
+    if not args.skip_fp32 and dtype != "fp32":
         variants["ours_fp32_subset"] = (ours_on_small(module, "32-true", "ours_fp32_subset"), "fp32")
     variants["reference_subset"] = (
         lambda: reference_predict(
@@ -280,7 +285,7 @@ def bench_dataset(name, ann_path, img_dir, module, compiled, cfg, args, out: Pat
         for key in keys[shift:] + keys[:shift]:
             runs[key].append(variants[key][0]())
         reference = runs["reference_subset"][-1]
-        reference["mask_iou_vs_ours"] = agreement(reference.pop("masks"), runs["ours_bf16_subset"][-1]["output"], small)
+        reference["mask_iou_vs_ours"] = agreement(reference.pop("masks"), runs["ours_subset"][-1]["output"], small)
         speeds = ", ".join(f"{key} {runs[key][-1]['boxes_per_s']:.1f}" for key in keys)
         print(f"[{name}] round {round_index + 1}: {speeds} boxes/s", flush=True)
 
@@ -302,20 +307,23 @@ def bench_dataset(name, ann_path, img_dir, module, compiled, cfg, args, out: Pat
 
 
 def markdown(results: dict) -> str:
-    m, c = results["machine"], results["matmul_gflops"]
+    m, c, p = results["machine"], results["matmul_gflops"], results["precision"]
+    ceilings = ", ".join(f"{name} {value:.0f} GFLOP/s" for name, value in c.items())
     lines = [
-        f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} threads). "
-        f"Matmul ceiling (2048^3, same run): fp32 {c['fp32']:.0f} GFLOP/s, bf16 {c['bf16']:.0f} GFLOP/s.",
+        f"Machine: {m['cpu']}, {m['cores']} cores, CPU capability {m['cpu_capability']}, torch {m['torch']} "
+        f"({m['torch_threads']} threads). Ours in {p['ours']} ({p['reason']}). "
+        f"Matmul ceiling (2048^3, same run): {ceilings}.",
         f"Model: {results['model']}; forward GFLOP per box by size bucket (small/medium/large): "
         + " / ".join(f"{v / 1e9:.2f}" for v in results["flops_per_box"].values()),
         "",
         "| data | path | images | boxes | images/s | boxes/s | GFLOP/s | of matmul ceiling | vs reference |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
+    dtype = DTYPE_NAMES[p["ours"]]
     labels = {
-        "ours_bf16": "ours, bf16",
-        "ours_bf16_subset": "ours, bf16",
-        "ours_bf16_compiled_subset": "ours, bf16, compiled backbone",
+        "ours": f"ours, {dtype}",
+        "ours_subset": f"ours, {dtype}",
+        "ours_compiled_subset": f"ours, {dtype}, compiled backbone",
         "ours_fp32_subset": "ours, fp32",
         "reference_subset": "reference (per box, fp32)",
     }
@@ -325,7 +333,7 @@ def markdown(results: dict) -> str:
             if key not in r:
                 continue
             x = r[key]
-            if key == "ours_bf16":
+            if key == "ours":
                 data, ratio = f"{r['dataset']} (all)", ""
             else:
                 data, ratio = f"{r['dataset']} (first {images} images)", "1.00x"
@@ -339,16 +347,16 @@ def markdown(results: dict) -> str:
             )
     lines.append("")
     for r in results["datasets"]:
-        o = r["ours_bf16"]
+        o = r["ours"]
         lines.append(
             f"- {r['dataset']}: predict loop {o['loop_s']:.1f} s (of which writer: paste results -> RLE -> JSON "
             f"{o['writer_s']:.1f} s), whole `trainer.predict` incl. merge {o['total_s']:.1f} s; reference masks vs "
             f"ours: mean IoU {r['reference_subset']['mask_iou_vs_ours']:.3f}"
         )
-        if "ours_bf16_compiled_subset" in r:
-            eager, compiled = r["ours_bf16_subset"]["rounds"], r["ours_bf16_compiled_subset"]["rounds"]
+        if "ours_compiled_subset" in r:
+            eager, compiled = r["ours_subset"]["rounds"], r["ours_compiled_subset"]["rounds"]
             lines.append(
-                f"- {r['dataset']}: compiled / eager bf16 per round: "
+                f"- {r['dataset']}: compiled / eager {dtype} per round: "
                 + ", ".join(f"{c / e:.2f}x" for c, e in zip(compiled, eager))
                 + f"; the compiled copy's first run on this set took {r['compiled_first_run_s']:.0f} s (on the "
                 "first set, this run compiles; the batch size is dynamic, so later sets do not compile again)"
@@ -362,7 +370,13 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, nargs=2, default=(240, 320), metavar=("H", "W"))
     parser.add_argument("--reference-images", type=int, default=60, help="images the reference pipeline labels")
     parser.add_argument("--eval-batch-size", type=int, default=8, help="images per predict step")
-    parser.add_argument("--skip-fp32", action="store_true", help="do not also time our path in fp32")
+    parser.add_argument(
+        "--precision",
+        default="auto",
+        choices=("auto", "bf16-mixed", "32-true"),
+        help="our path's precision; auto: bf16-mixed on a CPU with native bf16, else 32-true",
+    )
+    parser.add_argument("--skip-fp32", action="store_true", help="do not also time our path in fp32 (when not fp32)")
     parser.add_argument("--skip-coco128", action="store_true")
     parser.add_argument("--compile", action="store_true", help="also time --model.compile_backbone in every round")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of our path and the reference side by side")
@@ -380,9 +394,13 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     results = {"machine": machine(), "command": "python benchmarks/mal_predict.py " + " ".join(sys.argv[1:])}
+    args.precision, reason = resolve_precision(args.precision, "cpu")
+    results["precision"] = {"ours": args.precision, "reason": reason}
+    print(f"CPU {results['machine']['cpu_capability']}; ours in {args.precision} ({reason})", flush=True)
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}  # the ceiling of every dtype a run uses
     results["matmul_gflops"] = {
-        name: matmul_flops(dtype, seconds=args.matmul_seconds) / 1e9
-        for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))
+        name: matmul_flops(dtypes[name], seconds=args.matmul_seconds) / 1e9
+        for name in dict.fromkeys(("fp32", DTYPE_NAMES[args.precision]))
     }
     ceilings = {k: v * 1e9 for k, v in results["matmul_gflops"].items()}
     print(f"matmul ceiling: {results['matmul_gflops']}", flush=True)

@@ -4,7 +4,8 @@ Each run is a separate process (`python -m mal|gdino ...` inside a small wrapper
 RSS, `ru_maxrss`, when the command has returned). Tiny models with random weights, small images, data
 loading in the main process (num_workers 0), so the whole run is in the measured process. Results
 stream to shard files and the final file is written from them, so the peak should not grow with the
-number of images (target: within 10%).
+number of images (target: within 10%). Both commands run in the precision `auto` chooses for the CPU (bf16
+with AVX512-BF16 / AMX, fp32 on AVX2); the table names it and the CPU capability.
 
     python benchmarks/memory.py [--sizes 1000 10000] [--out results/bench/memory]
 """
@@ -23,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from gdino_label import VOCAB_DIR, save_model  # noqa: E402
 
+from auto_label.precision import cpu_label, resolve_dtype_name, resolve_precision  # noqa: E402
 from auto_label.synthetic import make_synthetic_coco  # noqa: E402
 from gdino.model import small_config  # noqa: E402
 
@@ -75,6 +77,10 @@ def main() -> None:
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     results = {"command": "python benchmarks/memory.py " + " ".join(sys.argv[1:]), "runs": {}}
+    # what `precision: auto` decides inside the commands, on this CPU (they run with --trainer.accelerator=cpu)
+    results["cpu_capability"] = cpu_label()
+    results["precision"] = {"mal predict": resolve_precision("auto", "cpu")[0]}
+    results["precision"]["gdino label"] = resolve_dtype_name("auto", "cpu")[0]
     gdino_model = None
     if (VOCAB_DIR / "vocab.txt").is_file():
         gdino_model = save_model(out / "tiny_gdino", small_config(max_text_len=256))
@@ -121,8 +127,10 @@ def main() -> None:
         results["runs"][f"gdino label {n}"] = {"images": n, **gdino}
         print(f"gdino label, {n} images: {gdino}", flush=True)
     lines = [
-        "| command | images | peak RSS (MB) | ratio to the smallest run | wall (s) |",
-        "| --- | ---: | ---: | ---: | ---: |",
+        f"CPU capability {results['cpu_capability']}.",
+        "",
+        "| command | precision | images | peak RSS (MB) | ratio to the smallest run | wall (s) |",
+        "| --- | --- | ---: | ---: | ---: | ---: |",
     ]
     for tool in ("mal predict", "gdino label"):
         runs = [(k, v) for k, v in results["runs"].items() if k.startswith(tool)]
@@ -131,7 +139,10 @@ def main() -> None:
         base = runs[0][1]["peak_rss_mb"]
         for _, r in runs:
             ratio = r["peak_rss_mb"] / base
-            lines.append(f"| `{tool}` | {r['images']} | {r['peak_rss_mb']:.0f} | {ratio:.3f} | {r['seconds']:.0f} |")
+            lines.append(
+                f"| `{tool}` | {results['precision'][tool]} | {r['images']} | {r['peak_rss_mb']:.0f} | {ratio:.3f} "
+                f"| {r['seconds']:.0f} |"
+            )
     table = "\n".join(lines)
     print(table)
     (out / "results.json").write_text(json.dumps({**results, "markdown": table}, indent=1))

@@ -13,7 +13,8 @@ import warnings
 from jsonargparse import ArgumentParser
 from lightning.pytorch.cli import LightningCLI
 
-from auto_label.cli import USER_ERRORS, expand_flags, pop_debug, report_error
+from auto_label.cli import USER_ERRORS, configure_logging, expand_flags, pop_debug, report_error
+from auto_label.precision import accelerator_device, resolve_dtype_name
 from gdino.data import GroundingDinoDataModule
 from gdino.evaluate import evaluate, format_report, write_metrics
 from gdino.module import GroundingDinoLabeler
@@ -45,11 +46,15 @@ class LabelCLI(LightningCLI):
         parser.link_arguments("output", "writer.output")
 
     def before_instantiate_classes(self) -> None:
-        """Build the data first, so that a bad input file or folder stops the run before weights are read.
+        """Build the data first, so that a bad input file or folder stops the run before weights are read; then
+        decide `model.precision: auto` for the device of --trainer.accelerator.
 
         The instance is then handed to the CLI's own instantiation instead of a second one.
         """
         data = GroundingDinoDataModule(**self.config["data"])
+        model = self.config["model"]
+        device = accelerator_device(self.config["trainer"]["accelerator"])
+        model["precision"], _ = resolve_dtype_name(model["precision"], device)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # add_instantiator is deprecated in jsonargparse, still used here
             self.parser.add_instantiator(
@@ -89,6 +94,7 @@ def evaluate_command(args: list[str]) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run a command; bad input or configuration gives one error line and status 2 (`--debug`: traceback)."""
     argv, debug = pop_debug(sys.argv[1:] if argv is None else argv)
+    configure_logging()
     argv = expand_flags(argv)
     commands = {"label": label, "evaluate": evaluate_command}
     if not argv or argv[0] not in commands:

@@ -17,6 +17,7 @@ import torch
 from torchvision.ops import batched_nms, box_convert
 
 from auto_label.oom import map_chunks
+from auto_label.precision import accelerator_device, resolve_dtype_name
 from gdino.aggregate import METHODS, aggregate
 from gdino.cache import FeatureCache
 from gdino.errors import GDinoError
@@ -32,7 +33,9 @@ class GroundingDinoLabeler(L.LightningModule):
         path: Hugging Face model directory (Grounding DINO or MM-Grounding-DINO) or original IDEA .pth.
         architecture: for a .pth only: tiny, base, or a config.json path.
         tokenizer: directory with the tokenizer (vocab.txt); defaults to the model directory.
-        precision: fp32, bf16 or fp16 weights and activations.
+        precision: fp32, bf16 or fp16 weights and activations, or auto: bf16 on a CUDA GPU with bf16 and on a CPU
+            with native bf16 (AVX512-BF16 / AMX), fp16 on other CUDA GPUs, fp32 elsewhere (auto_label.precision),
+            for the device Lightning's `accelerator: auto` picks (`gdino label` decides for its --trainer.accelerator).
         iteration_scheduler: TAO passes [{conf_threshold, nms_threshold}]; nms_threshold 0 = no NMS.
         schedule: generated passes {type: step|exponential|cosine, start, end, num_passes[, nms_threshold]}.
         class_thresholds: {class name: threshold} replacing the pass threshold for those classes.
@@ -55,7 +58,7 @@ class GroundingDinoLabeler(L.LightningModule):
         path: str,
         architecture: str | None = None,
         tokenizer: str | None = None,
-        precision: Literal["fp32", "bf16", "fp16"] = "fp32",
+        precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto",
         iteration_scheduler: list[dict] | None = None,
         schedule: dict | None = None,
         class_thresholds: dict[str, float] | None = None,
@@ -80,7 +83,8 @@ class GroundingDinoLabeler(L.LightningModule):
         self.aggregation, self.aggregation_iou = aggregation, aggregation_iou
         self.max_dets = max_dets_per_image
         self.image_size = image_size
-        detector = load_detector(path, architecture, tokenizer, precision)
+        self.precision_name, self.precision_reason = resolve_dtype_name(precision, accelerator_device("auto"))
+        detector = load_detector(path, architecture, tokenizer, self.precision_name)
         self.model = detector.model
         self.tokenizer, self.image_processor = detector.tokenizer, detector.image_processor
         self.input_dtype = detector.dtype

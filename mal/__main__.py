@@ -7,10 +7,14 @@ import json
 import sys
 import warnings
 from pathlib import Path
+from typing import Literal
 
+import lightning as L
+from lightning.fabric.connector import _PRECISION_INPUT
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
 from auto_label.cli import expand_flags, run_guarded
+from auto_label.precision import accelerator_device, resolve_precision
 from auto_label.weights import load_weights
 from mal.checkpoint import CheckpointError
 from mal.data import COCOBoxDataModule
@@ -29,6 +33,22 @@ def check_ckpt_path(ckpt_path: str) -> None:
     if not Path(ckpt_path).is_file():
         raise CheckpointError(f"--ckpt_path: {ckpt_path}: checkpoint file not found")
     load_weights(ckpt_path, CheckpointError, prefer_safetensors=False)
+
+
+class Trainer(L.Trainer):
+    """Lightning's Trainer with `precision: auto`, the default. The choice is logged in one line and kept, with
+    why, in `precision_reason`.
+
+    Args:
+        precision: auto: bf16-mixed on a CUDA GPU with bf16 and on a CPU with native bf16 (AVX512-BF16 / AMX),
+            16-mixed on other CUDA GPUs, 32-true elsewhere (auto_label.precision). Any Lightning precision
+            (32-true, bf16-mixed, 16-mixed, ...) is used as given.
+    """
+
+    def __init__(self, *, precision: _PRECISION_INPUT | Literal["auto"] = "auto", **kwargs):
+        device = accelerator_device(kwargs.get("accelerator", "auto"))
+        precision, self.precision_reason = resolve_precision(precision, device)
+        super().__init__(precision=precision, **kwargs)
 
 
 class SaveFitConfig(SaveConfigCallback):
@@ -96,6 +116,7 @@ def cli_main(argv: list[str] | None = None) -> MALCLI | None:
     return MALCLI(
         MALModule,
         COCOBoxDataModule,
+        trainer_class=Trainer,
         seed_everything_default=1234,
         args=expand_flags(args),
         save_config_callback=SaveFitConfig,

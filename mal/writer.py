@@ -69,7 +69,10 @@ class MaskLabelWriter(ShardedPredictionWriter):
         label_dump_path: the COCO JSON to write. Skipped images are listed in `errors.jsonl` beside it.
         fresh: discard the results of an interrupted earlier run instead of resuming from them.
         write_in_thread: RLE-encode and write each batch in a thread while the next one is predicted; null:
-            when the model is on an accelerator (on a CPU the model already uses every core).
+            when the model is on an accelerator. On a CPU the model already uses every core: measured in bf16
+            on an AVX512-BF16 CPU, the thread lost (BENCHMARKS.md); in fp32 (`precision: auto` on a CPU without
+            native bf16) the model is slower and the writer's share of the loop smaller still, so the default
+            holds in either precision.
     """
 
     def __init__(self, label_dump_path: str | None = None, fresh: bool = False, write_in_thread: bool | None = None):

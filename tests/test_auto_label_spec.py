@@ -31,6 +31,7 @@ def test_defaults_are_tao_defaults_and_user_keys_are_tracked(tmp_path):
     assert spec.get("mal.dataset.crop_size") == 512 and spec.get("mal.model.arch") == "vit-mae-base/16"
     assert spec.get("mal.train.mask_thres") == [0.1] and spec.get("mal.train.test_margin_rate") == [0.6, 0.6]
     assert spec.get("mal.inference.batch_size") == 3 and spec.get("mal.train.lr") == 1e-6
+    assert spec.get("mal.train.use_amp") is True  # mixed precision where the hardware does it fast (auto)
     assert spec.get("grounding_dino.iteration_scheduler") == [{"conf_threshold": 0.5, "nms_threshold": 0.0}]
     assert spec.get("grounding_dino.model.max_text_len") == 256 and spec.get("grounding_dino.visualize") is True
     assert spec.is_set("mal.inference.ann_path") and not spec.is_set("mal.inference.batch_size")

@@ -1,4 +1,5 @@
-"""The benchmark scripts are not run by the tests (they take minutes), but they must stay importable."""
+"""The benchmark scripts are not run by the tests (they take minutes), but they must stay importable and their
+command lines must parse."""
 
 import importlib.util
 import sys
@@ -9,8 +10,7 @@ from conftest import REPO
 BENCHMARKS = sorted((REPO / "benchmarks").glob("*.py"))
 
 
-@pytest.mark.parametrize("path", BENCHMARKS, ids=[p.stem for p in BENCHMARKS])
-def test_benchmark_script_imports(path, monkeypatch):
+def load(path, monkeypatch):
     monkeypatch.setattr(sys, "path", [str(path.parent), *sys.path])  # restored afterwards, as the scripts add to it
     spec = importlib.util.spec_from_file_location(f"benchmark_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
@@ -20,4 +20,37 @@ def test_benchmark_script_imports(path, monkeypatch):
     finally:
         for script in BENCHMARKS:  # one script imports another by name
             sys.modules.pop(script.stem, None)
-    assert callable(module.main)
+    return module
+
+
+@pytest.mark.parametrize("path", BENCHMARKS, ids=[p.stem for p in BENCHMARKS])
+def test_benchmark_script_imports_and_parses_its_arguments(path, monkeypatch, capsys):
+    module = load(path, monkeypatch)
+    monkeypatch.setattr(sys, "argv", [path.name, "--help"])
+    with pytest.raises(SystemExit) as stop:
+        module.main()
+    assert stop.value.code == 0 and "usage:" in capsys.readouterr().out
+
+
+def test_mal_predict_table_names_the_cpu_capability_and_precision(monkeypatch):
+    module = load(REPO / "benchmarks" / "mal_predict.py", monkeypatch)
+    run = {"images": 2, "boxes": 4, "images_per_s": 1.0, "boxes_per_s": 2.0, "achieved_gflops": 50.0}
+    run.update(fraction_of_matmul=0.5, matmul_dtype="fp32", loop_s=2.0, writer_s=0.1, total_s=2.5)
+    results = {
+        "machine": {"cpu": "x86", "cores": 2, "cpu_capability": "AVX2", "torch": "2", "torch_threads": 2},
+        "matmul_gflops": {"fp32": 100.0},
+        "precision": {"ours": "32-true", "reason": "CPU AVX2: no native bf16, 32-true"},
+        "model": "vit",
+        "flops_per_box": {"small": 1e9},
+        "datasets": [
+            {
+                "dataset": "synthetic",
+                "ours": run,
+                "ours_subset": {**run, "speedup_vs_reference": 1.3, "speedup_range": (1.2, 1.4)},
+                "reference_subset": {**run, "mask_iou_vs_ours": 0.98},
+            }
+        ],
+    }
+    table = module.markdown(results)
+    assert "CPU capability AVX2" in table and "Ours in 32-true (CPU AVX2: no native bf16, 32-true)" in table
+    assert "| ours, fp32 |" in table and "bf16" not in table.replace("no native bf16", "")
