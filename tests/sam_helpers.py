@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +21,7 @@ needs_coco128 = pytest.mark.skipif(
     not (COCO128 / "annotations" / "instances.json").is_file(), reason=f"coco128 not found at {COCO128}"
 )
 _DIRS: dict[str, Path] = {}
+ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def model_dir(tmp_path_factory, family: str) -> Path:
@@ -56,3 +62,36 @@ def predict_args(model: Path, ann_path: Path, out: Path, *extra: str, image_dir:
         *("--trainer.enable_progress_bar", "false"),
         *extra,
     ]
+
+
+def sam_command(*args: str) -> list[str]:
+    """`python -m sam ...` from the repository root, as a shell would run it."""
+    return [sys.executable, "-m", "sam", *args]
+
+
+def run_sam(*args: str, timeout: int = 300) -> None:
+    """Run `python -m sam ...` in a real process (one torch thread); fail with its stderr if it fails."""
+    result = subprocess.run(
+        sam_command(*args), capture_output=True, text=True, cwd=REPO, env=ONE_THREAD, timeout=timeout
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def kill_when_shards_have(command: list[str], shard_dir: Path, lines: int) -> int:
+    """Start `command`, SIGKILL it once its shards hold `lines` finished images; return that count."""
+    proc = subprocess.Popen(command, cwd=REPO, env=ONE_THREAD, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    try:
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, "the run finished before it could be killed"
+            done = sum(p.read_bytes().count(b"\n") for p in shard_dir.glob("rank*.jsonl"))
+            if done >= lines:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+                return done
+            time.sleep(0.005)
+        pytest.fail("no results appeared in the shards")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
