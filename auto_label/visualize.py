@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import cv2
 import numpy as np
 
@@ -47,5 +49,15 @@ def image_grid(images: list[np.ndarray], columns: int = 4, cell: int = 256) -> n
     return grid
 
 
+def overlay_path(directory: str | Path, file_name: str, suffix: str = ".jpg") -> Path:
+    """Where the overlay of image `file_name` goes: its whole name, folders and extension kept, plus
+    `suffix`. Replacing the extension instead would give x.png and x.jpg one overlay, the second
+    overwriting the first; appending keeps one overlay per image."""
+    return Path(directory) / f"{file_name}{suffix}"
+
+
 def save_rgb(path, image: np.ndarray) -> None:
-    cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    """Write an RGB image; the format follows the extension. cv2 reports a failed write only by its
+    return value: raise, so that a missing picture is not silent."""
+    if not cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
+        raise OSError(f"{path}: cannot write the image (unknown extension or unwritable folder)")

@@ -91,8 +91,17 @@ def wbf(boxes, scores, labels, iou_threshold: float) -> Result:
     return _fused(boxes, scores, _per_class(labels, clusters), torch.mean)
 
 
+def has_area(boxes: torch.Tensor) -> torch.Tensor:
+    """Which boxes (x1 y1 x2 y2) have a positive width and height."""
+    return (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+
+
 def aggregate(boxes, scores, labels, method: str, iou_threshold: float, max_dets: int | None) -> Result:
-    """Merge with `method`, then keep the `max_dets` best, ordered by score (ties by input order)."""
+    """Merge with `method`, then keep the `max_dets` best, ordered by score (ties by input order).
+
+    Boxes of zero area (a box outside the image, clamped to its border) come after all others, so that
+    they never take the place of a real box under `max_dets`; the writer drops and counts them.
+    """
     if method not in METHODS:
         raise GDinoError(f"aggregation.method: must be one of {', '.join(METHODS)}; got {method!r}")
     if len(boxes) == 0 or method == "none":
@@ -100,7 +109,8 @@ def aggregate(boxes, scores, labels, method: str, iou_threshold: float, max_dets
     else:
         fn = {"nms": per_class_nms, "agnostic_nms": agnostic_nms, "dbscan": dbscan, "wbf": wbf}[method]
         out = fn(boxes.float(), scores.float(), labels, iou_threshold)
-    order = sorted(range(len(out[1])), key=lambda i: (-float(out[1][i]), int(out[2][i])))
+    flat = (~has_area(out[0])).tolist()
+    order = sorted(range(len(out[1])), key=lambda i: (flat[i], -float(out[1][i]), int(out[2][i])))
     if max_dets is not None:
         order = order[:max_dets]
     order = torch.tensor(order, dtype=torch.long)

@@ -2,28 +2,54 @@
 
 Every image is an `Item` (dataset index, image id, file name, optional per-image prompts). Batches only
 ever hold images of one size, so no image is padded next to a bigger one and its boxes do not depend
-on what else was in the batch. An image that cannot be decoded becomes an error record, not a crash.
+on what else was in the batch. An image that cannot be decoded, or whose file name cannot be written
+into a COCO file, becomes an error record, not a crash; a file of a folder that is not taken as an
+image is counted and listed, never silently left out.
 """
 
 from __future__ import annotations
 
-import json
+import logging
+import os
+from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import lightning as L
 import yaml
-from PIL import Image
+from PIL import Image, ImageFile
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from auto_label.coco import CocoFormatError, load_coco, resolve_image_path
 from auto_label.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
+from auto_label.jsonfile import read_jsonl_objects
 from gdino.errors import GDinoError
-from gdino.prompts import sanitize_name, sanitize_names
+from gdino.prompts import sanitize_each, sanitize_name, sanitize_names, warn_list_like
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 _EXIF_ORIENTATION = 0x0112
+_SIZE_ONLY_FORMATS = {"MPEG"}  # Pillow reads their size but has no decoder for their pixels
+_OPENED_AS_JPEG = {"MPO"}  # multi-picture JPEG (camera files): the JPEG plugin opens them
+log = logging.getLogger(__name__)
+
+
+def decodable_extensions() -> tuple[str, ...]:
+    """The file extensions of every format this Pillow decodes, lower-case and sorted.
+
+    Folders are searched by extension, not by opening every file: formats without a magic number (TGA)
+    would take stray binary files for images. Stub formats (HDF5, GRIB, BUFR, WMF) are left out: they
+    need a decoder plugin of their own.
+    """
+    Image.init()
+    decodable = {
+        name
+        for name, (factory, _) in Image.OPEN.items()
+        if not (isinstance(factory, type) and issubclass(factory, ImageFile.StubImageFile))
+    } - _SIZE_ONLY_FORMATS | _OPENED_AS_JPEG
+    return tuple(sorted(ext for ext, name in Image.registered_extensions().items() if name in decodable))
+
+
+IMAGE_EXTENSIONS = decodable_extensions()
 
 
 @dataclass
@@ -47,6 +73,44 @@ class Item:
     size: tuple[int, int] | None  # (height, width) for batching; None when unknown
     prompts: tuple[int, ...] | None = None  # None: every prompt of the vocabulary
     caption: str | None = None
+    error: str | None = None  # known before decoding: the item becomes an error record
+
+
+@dataclass
+class FolderScan:
+    """The files of one or more image folders, named relative to their common root."""
+
+    root: Path
+    images: list[tuple[str, Path, str]] = field(default_factory=list)  # (file name, folder, name in it), sorted
+    left_out: list[str] = field(default_factory=list)  # printable names of the files that are not images
+
+
+def image_folders(image_dir: str | os.PathLike | Sequence | None) -> list[Path]:
+    """`data.image_dir` as a list of folders: TAO's spec gives a list, the command line usually one."""
+    if image_dir is None or image_dir == "":
+        return []
+    if isinstance(image_dir, (str, os.PathLike)):
+        return [Path(image_dir)]
+    if not isinstance(image_dir, Sequence):
+        raise GDinoError(f"data.image_dir: must be a folder or a list of folders, got {image_dir!r}")
+    folders = list(image_dir)
+    if not folders:
+        raise GDinoError("data.image_dir: the list of folders is empty")
+    for index, folder in enumerate(folders):
+        if not isinstance(folder, (str, os.PathLike)) or folder == "":
+            raise GDinoError(f"data.image_dir[{index}]: must be a folder path, got {folder!r}")
+    return [Path(folder) for folder in folders]
+
+
+def common_root(folders: Sequence[Path]) -> Path:
+    """The folder that output file names are relative to: the folder itself, or the folders' deepest
+    common parent, so that names stay unique across folders and lead to the files from there."""
+    if len(folders) == 1:
+        return folders[0]
+    try:
+        return Path(os.path.commonpath([os.path.abspath(f) for f in folders]))
+    except ValueError:  # Windows folders on different drives
+        raise GDinoError(f"data.image_dir: the folders {[str(f) for f in folders]} share no common parent") from None
 
 
 def header_size(path: Path) -> tuple[int, int] | None:
@@ -61,17 +125,78 @@ def header_size(path: Path) -> tuple[int, int] | None:
         return None
 
 
-def find_images(image_dir: Path, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> list[Path]:
-    """All images under `image_dir`, recursively, extensions matched case-insensitively, sorted.
+def find_images(folders: Sequence[Path], extensions: Sequence[str] = IMAGE_EXTENSIONS) -> FolderScan:
+    """All files under the folders, recursively: images by extension (matched case-insensitively), the
+    rest left out. Names are relative to the folders' common root; a file found through two of the
+    folders (one inside the other) is listed once.
 
     A broken link is kept (it is then skipped and listed as a missing file, not silently dropped).
     """
+    scan = FolderScan(common_root(folders))
     wanted = {e.lower() for e in extensions}
-    return sorted(p for p in image_dir.rglob("*") if (p.is_file() or p.is_symlink()) and p.suffix.lower() in wanted)
+    images, left_out = {}, set()
+    for folder in folders:
+        base = scan.root if len(folders) == 1 else Path(os.path.abspath(folder))
+        for path in base.rglob("*"):
+            if path.is_dir():
+                continue
+            name = path.relative_to(scan.root).as_posix()
+            if (path.is_file() or path.is_symlink()) and path.suffix.lower() in wanted:
+                images[name] = (base, path.relative_to(base).as_posix())
+            else:
+                left_out.add(printable_name(name))
+    scan.images = [(name, *images[name]) for name in sorted(images)]
+    scan.left_out = sorted(left_out)
+    return scan
+
+
+def unwritable_name(file_name: str) -> str | None:
+    """Why `file_name` cannot be a COCO file name (None if it can): JSON text is UTF-8, and a name that
+    is not (an old Latin-1 or Shift-JIS archive) reaches Python with undecodable bytes kept as surrogates."""
+    try:
+        file_name.encode("utf-8")
+    except UnicodeEncodeError:
+        return "file name is not UTF-8 text, which COCO and JSON file names must be; rename the file"
+    return None
+
+
+def printable_name(file_name: str) -> str:
+    """`file_name` with each byte that is not UTF-8 shown as \\xNN, for messages and error records."""
+    return os.fsencode(file_name).decode("utf-8", "backslashreplace")
+
+
+def folder_items(scan: FolderScan, allow_outside: bool) -> list[Item]:
+    """One item per image of a folder scan; a name that cannot be written out makes an error item."""
+    items = []
+    for index, (name, folder, inner) in enumerate(scan.images):
+        # a link to a file outside its folder is refused like a `../` file name
+        _checked_path(folder, inner, f"data.image_dir: {folder}", allow_outside)
+        path = folder / inner
+        error = unwritable_name(name)
+        shown = printable_name(name) if error else name
+        items.append(Item(index, index + 1, shown, path, None if error else header_size(path), error=error))
+    return items
+
+
+def log_left_out(scan: FolderScan) -> None:
+    """Say how many files of the folders are not taken as images, by extension, and name a few."""
+    if not scan.left_out:
+        return
+    kinds = Counter(Path(name).suffix.lower() or "(none)" for name in scan.left_out)
+    log.warning(
+        "data.image_dir: %d files under %s are not images by extension and are left out (%s), e.g. %s; "
+        "they are listed in the errors file. Image extensions: every format Pillow decodes (%s, ...)",
+        len(scan.left_out),
+        scan.root,
+        ", ".join(f"{n} {ext}" for ext, n in kinds.most_common()),
+        ", ".join(scan.left_out[:3]),
+        ", ".join(IMAGE_EXTENSIONS[:8]),
+    )
 
 
 def closed_vocabulary(class_names: Sequence[str]) -> Vocabulary:
     prompts = sanitize_names(class_names, "data.class_names")
+    warn_list_like(class_names, "data.class_names")
     names = [n.strip() for n in class_names]
     return Vocabulary(
         prompts,
@@ -94,6 +219,7 @@ def ontology_vocabulary(path: Path) -> Vocabulary:
         if not isinstance(prompt, str) or not isinstance(name, str) or not name.strip():
             raise GDinoError(f"data.ontology: {path}: entry {prompt!r}: {name!r} must map a text to a class name")
     prompts = sanitize_names(list(data), f"{path}")
+    warn_list_like(list(data), f"{path}")
     names = list(dict.fromkeys(n.strip() for n in data.values()))
     prompt_class = [names.index(n.strip()) for n in data.values()]
     return Vocabulary(
@@ -133,25 +259,6 @@ def match_categories(vocab: Vocabulary | None, categories: list[dict], source: P
     )
 
 
-def _jsonl_records(path: Path) -> Iterator[tuple[str, dict]]:
-    """(location, record) per non-empty line; unreadable files and bad lines name the line."""
-    try:
-        with path.open(encoding="utf-8") as f:
-            for line_no, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                where = f"{path}: line {line_no}"
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise GDinoError(f"{where}: invalid JSON: {e.msg}") from None
-                if not isinstance(record, dict):
-                    raise GDinoError(f"{where}: must be a JSON object")
-                yield where, record
-    except (OSError, UnicodeDecodeError) as e:
-        raise GDinoError(f"data.noun_chunk_path: cannot read {path}: {e}") from None
-
-
 def _checked_path(image_dir: Path, file_name: str, where: str, allow_outside: bool) -> Path:
     try:
         return resolve_image_path(image_dir, file_name, allow_outside)
@@ -160,16 +267,24 @@ def _checked_path(image_dir: Path, file_name: str, where: str, allow_outside: bo
 
 
 def noun_chunk_items(path: Path, image_dir: Path, allow_outside: bool = False) -> tuple[list[Item], Vocabulary]:
-    """TAO grounding input: one JSON line per image with `file_name` and `noun_chunks` (and `caption`)."""
+    """TAO grounding input: one JSON line per image with `file_name` and `noun_chunks` (and `caption`).
+
+    A caption names the same thing more than once ("A bowl next to a bowl of soup"): chunks of one line
+    that read the same once sanitised are one phrase, asked once.
+    """
     prompt_index: dict[str, int] = {}
     items = []
-    for where, record in _jsonl_records(path):
+    repeated = []
+    for where, record in read_jsonl_objects(path, GDinoError, "file_name and noun_chunks"):
         name, chunks = record.get("file_name"), record.get("noun_chunks")
         if not isinstance(name, str) or not name:
             raise GDinoError(f"{where}: field 'file_name' must be a non-empty string, got {name!r}")
         if not isinstance(chunks, list) or not chunks:
             raise GDinoError(f"{where}: field 'noun_chunks' must be a non-empty list, got {chunks!r}")
-        phrases = dict.fromkeys(sanitize_names(chunks, f"{where}: noun_chunks"))
+        cleaned = sanitize_each(chunks, f"{where}: noun_chunks")
+        phrases = dict.fromkeys(cleaned)
+        if len(phrases) < len(cleaned):
+            repeated.append(where)
         ids = tuple(prompt_index.setdefault(phrase, len(prompt_index)) for phrase in phrases)
         image_path = _checked_path(image_dir, name, where, allow_outside)
         items.append(
@@ -183,8 +298,13 @@ def noun_chunk_items(path: Path, image_dir: Path, allow_outside: bool = False) -
                 record.get("caption"),
             )
         )
-    if not items:
-        raise GDinoError(f"data.noun_chunk_path: {path} holds no records")
+    if repeated:
+        log.info(
+            "%d lines of %s repeat a noun chunk (e.g. %s); each repeated chunk is asked once",
+            len(repeated),
+            path,
+            repeated[0].rsplit(": ", 1)[-1],
+        )
     phrases = list(prompt_index)
     vocab = Vocabulary(
         phrases,
@@ -206,7 +326,9 @@ class LabelDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         item = self.items[index]
-        record = {"item": item, "image": None, "error": None}
+        record = {"item": item, "image": None, "error": item.error}
+        if item.error is not None:
+            return record
         try:
             record["image"] = decode_image(item.path, self.max_pixels)
         except ImageDecodeError as e:
@@ -253,8 +375,12 @@ class GroundingDinoDataModule(L.LightningDataModule):
     """Images and vocabulary for labeling.
 
     Args:
-        image_dir: folder searched recursively for images (or the root that COCO/JSONL file names are
-            relative to; defaults to the COCO file's folder with ann_path).
+        image_dir: folder searched recursively for images, or a list of folders labelled as one set
+            (TAO's form); output file names are relative to the folders' deepest common parent
+            (`image_root`), so they stay unique and lead to the files. Images are the files with the
+            extension of a format Pillow decodes (IMAGE_EXTENSIONS); every other file is counted and
+            listed in the errors file. With ann_path or noun_chunk_path: the one folder their file names
+            are relative to (default with ann_path: the COCO file's folder).
         class_names: closed-set vocabulary, e.g. [person, car, "traffic light"].
         ann_path: existing COCO file: label its images, keep its image ids and category ids; class
             names (if given) must match its category names.
@@ -272,7 +398,7 @@ class GroundingDinoDataModule(L.LightningDataModule):
 
     def __init__(
         self,
-        image_dir: str | None = None,
+        image_dir: str | list[str] | None = None,
         class_names: list[str] | None = None,
         ann_path: str | None = None,
         noun_chunk_path: str | None = None,
@@ -303,10 +429,13 @@ class GroundingDinoDataModule(L.LightningDataModule):
             raise GDinoError(
                 "nothing to detect: give data.class_names, data.ontology, data.noun_chunk_path or data.ann_path"
             )
-        root = Path(image_dir) if image_dir else None
+        folders = image_folders(image_dir)
+        self.left_out: list[str] = []  # files of the image folders not taken as images
         if noun_chunk_path:
+            self._one_dir(folders, "data.noun_chunk_path")
+            self.image_root = self._dirs(folders)[0]  # what the output file names are relative to
             self.items, self.vocabulary = noun_chunk_items(
-                Path(noun_chunk_path), self._dir(root), allow_outside_image_dir
+                Path(noun_chunk_path), self.image_root, allow_outside_image_dir
             )
             return
         vocab = closed_vocabulary(class_names) if class_names else None
@@ -315,34 +444,47 @@ class GroundingDinoDataModule(L.LightningDataModule):
         if ann_path:
             coco = load_coco(
                 ann_path,
-                image_dir,
+                self._one_dir(folders, "data.ann_path"),
                 check_image_files=False,  # a missing image is skipped and listed like an undecodable one
                 require_annotations=False,
                 allow_outside_image_dir=allow_outside_image_dir,
             )
+            self.image_root = coco.image_dir
             self.vocabulary = match_categories(vocab, coco.categories, Path(ann_path))
             self.items = [
                 Item(i, im["id"], im["file_name"], coco.image_path(im), (im["height"], im["width"]))
                 for i, im in enumerate(coco.images)
             ]
         else:
-            root = self._dir(root)
-            self.vocabulary = vocab
-            paths = find_images(root)
-            if not paths:
-                raise GDinoError(f"data.image_dir: no images ({', '.join(IMAGE_EXTENSIONS)}) under {root}")
-            names = [p.relative_to(root).as_posix() for p in paths]
-            for name in names:  # a link to a file outside the folder is refused like a `../` file name
-                _checked_path(root, name, f"data.image_dir: {root}", allow_outside_image_dir)
-            self.items = [Item(i, i + 1, name, p, header_size(p)) for i, (name, p) in enumerate(zip(names, paths))]
+            scan = find_images(self._dirs(folders))
+            self.image_root, self.vocabulary, self.left_out = scan.root, vocab, scan.left_out
+            if not scan.images:
+                raise GDinoError(
+                    f"data.image_dir: no image files under {scan.root} ({len(scan.left_out)} other files; "
+                    f"image extensions: {', '.join(IMAGE_EXTENSIONS)})"
+                )
+            log_left_out(scan)
+            self.items = folder_items(scan, allow_outside_image_dir)
 
     @staticmethod
-    def _dir(root: Path | None) -> Path:
-        if root is None:
+    def _dirs(folders: list[Path]) -> list[Path]:
+        if not folders:
             raise GDinoError("data.image_dir: required")
-        if not root.is_dir():
-            raise GDinoError(f"data.image_dir: {root} is not a directory")
-        return root
+        for index, folder in enumerate(folders):
+            if not folder.is_dir():
+                where = "data.image_dir" if len(folders) == 1 else f"data.image_dir[{index}]"
+                raise GDinoError(f"{where}: {folder} is not a directory")
+        return folders
+
+    @staticmethod
+    def _one_dir(folders: list[Path], option: str) -> Path | None:
+        """The one folder that the file names of a COCO or JSONL file are relative to (None: not given)."""
+        if len(folders) > 1:
+            raise GDinoError(
+                f"data.image_dir: {option} names its files relative to one folder, but {len(folders)} folders "
+                "are given; give the folder its file names start from (e.g. the folders' common parent)"
+            )
+        return folders[0] if folders else None
 
     def predict_dataloader(self) -> DataLoader:
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)

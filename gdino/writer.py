@@ -5,18 +5,21 @@ after every batch (nothing accumulates in memory). A run started again after a c
 the images whose lines are complete; `fresh=True` starts over. At the end rank 0 merges the shards in
 image order, which depends neither on the number of ranks nor on interruptions, and streams the COCO
 file (plus optional ODVG JSONL) through temporary files that replace the destinations only when
-complete. Same input and settings -> byte-identical files.
+complete. Same input and settings -> byte-identical files. A box of zero width or height is no label:
+it is dropped and counted. The errors file lists the images skipped and the other files of the image
+folders, left out.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 from auto_label.shards import MergedShards, ShardedPredictionWriter, weights_digest
-from auto_label.visualize import draw_overlay, save_rgb
+from auto_label.visualize import draw_overlay, overlay_path, save_rgb
 from auto_label.writers import atomic_write, check_writable, dumps, write_coco
 
 
@@ -24,7 +27,8 @@ def run_fingerprint(data, labeler) -> dict:
     """What decides the output: the images, the vocabulary, the labeling settings and the weights."""
     items = hashlib.sha256()
     for item in data.items:
-        items.update(dumps([item.image_id, item.file_name, str(item.path), item.prompts]).encode())
+        items.update(dumps([item.image_id, item.file_name, item.prompts]).encode())
+        items.update(os.fsencode(item.path) + b"\0")  # the bytes of a name that is not UTF-8 too
     vocab = data.vocabulary
     return {
         "items": items.hexdigest(),
@@ -87,6 +91,7 @@ class CocoPredictionWriter(ShardedPredictionWriter):
         return f"{record['file_name']}: {record['error']}" if "error" in record else None
 
     def records(self, trainer, prediction, batch) -> list[dict]:
+        prediction = [drop_zero_area(record) for record in prediction]
         if self.visualize_dir is not None:
             for record, sample in zip(prediction, batch):
                 if "error" not in record:
@@ -100,7 +105,7 @@ class CocoPredictionWriter(ShardedPredictionWriter):
             boxes_xywh=[d["bbox"] for d in dets],
             labels=[f"{d['class']} {d['score']:.2f}" for d in dets],
         )
-        path = (self.visualize_dir / record["file_name"]).with_suffix(".jpg")
+        path = overlay_path(self.visualize_dir, record["file_name"])
         path.parent.mkdir(parents=True, exist_ok=True)
         save_rgb(path, overlay)
 
@@ -109,12 +114,15 @@ class CocoPredictionWriter(ShardedPredictionWriter):
         vocabulary = trainer.datamodule.vocabulary
         shards = self.store.index()
         images, errors, this_run = [], [], {"images": 0, "boxes": 0}
+        zero_area = 0
+        left_out = [{"file_name": name, "error": not_an_image(name)} for name in trainer.datamodule.left_out]
         with atomic_write(self.errors_path) as errors_file:
             for record in shards:
                 if "error" in record:
                     errors.append({"file_name": record["file_name"], "error": record["error"]})
                     errors_file.write(dumps(errors[-1]) + "\n")
                 else:
+                    zero_area += record.get("zero_area_boxes", 0)
                     if record["index"] not in self.resumed:
                         this_run["images"] += 1
                         this_run["boxes"] += len(record["detections"])
@@ -126,6 +134,7 @@ class CocoPredictionWriter(ShardedPredictionWriter):
                             "height": record["height"],
                         }
                     )
+            errors_file.writelines(dumps(entry) + "\n" for entry in left_out)
         header = {"images": images, "categories": vocabulary.categories}
         if self.odvg_path is None:
             count = write_coco(self.output, header, self._annotations(shards, None, vocabulary))
@@ -137,14 +146,18 @@ class CocoPredictionWriter(ShardedPredictionWriter):
                 count = write_coco(self.output, header, self._annotations(shards, odvg, vocabulary))
         print(
             f"Grounding DINO labelled {len(images)} images with {count} boxes; wrote {self.output}"
+            + (f"; {zero_area} zero-area boxes dropped" if zero_area else "")
             + (f"; {len(errors)} images skipped, listed in {self.errors_path}" if errors else "")
+            + (f"; {len(left_out)} other files left out (not images), listed in {self.errors_path}" if left_out else "")
         )
         return {
             "images": len(images),
             "boxes": count,
             "images_this_run": this_run["images"],
             "boxes_this_run": this_run["boxes"],
+            "zero_area_boxes_dropped": zero_area,
             "skipped": [{"file_name": e["file_name"], "reason": e["error"]} for e in errors],
+            "left_out": [{"file_name": e["file_name"], "reason": e["error"]} for e in left_out],
             "output": str(self.output),
         }
 
@@ -171,6 +184,23 @@ class CocoPredictionWriter(ShardedPredictionWriter):
                     "pass": det["pass"],
                     "threshold": det["threshold"],
                 }
+
+
+def drop_zero_area(record: dict) -> dict:
+    """`record` without the boxes of zero width or height (as written, after clamping to the image and
+    rounding), with their number in `zero_area_boxes`: such a box frames nothing and is no label."""
+    detections = record.get("detections", [])
+    kept = [d for d in detections if d["bbox"][2] > 0 and d["bbox"][3] > 0]
+    if len(kept) == len(detections):
+        return record
+    return {**record, "detections": kept, "zero_area_boxes": len(detections) - len(kept)}
+
+
+def not_an_image(file_name: str) -> str:
+    """Why a file of the image folders was not labelled."""
+    extension = Path(file_name).suffix
+    what = f"extension {extension!r} is not" if extension else "a name without an extension is not"
+    return f"left out: {what} that of an image format Pillow decodes"
 
 
 def odvg_line(record: dict, label_of: dict[int, int], grounding: bool) -> dict:
