@@ -46,8 +46,11 @@ class BoxSegmenter:
         return self.family.upscale(self.image_processor, logits[:, None].float(), original_size, resized_size)[:, 0]
 
 
-def read_model_type(path: Path) -> str:
-    """config.json's `model_type`; SamError when the file is missing, unreadable or of another model."""
+def read_model_type(path: str | Path) -> str:
+    """config.json's `model_type` in the directory `path`; SamError when there is no such directory or file."""
+    path = Path(path)
+    if not path.is_dir():
+        raise SamError(f"model.path: {path} is not a directory (expected a Hugging Face model directory)")
     config = path / "config.json"
     if not config.is_file():
         raise SamError(f"model.path: {path} has no config.json (expected a Hugging Face model directory)")
@@ -82,8 +85,6 @@ def load_image_processor(path: Path):
 def load_box_segmenter(path: str, dtype_name: str = "fp32") -> BoxSegmenter:
     """Model and image processor of a SAM, SAM-HQ, SAM 2 or EdgeTAM directory; SamError for anything else."""
     source = Path(path)
-    if not source.is_dir():
-        raise SamError(f"model.path: {source} is not a directory (expected a Hugging Face model directory)")
     model_type = read_model_type(source)
     if model_type not in MODEL_TYPES:
         raise SamError(

@@ -13,12 +13,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from tokenizers import pre_tokenizers
 from transformers import (
     AutoModel,
+    CLIPTokenizer,
     EdgeTamConfig,
     Sam2Config,
     Sam2ImageProcessor,
     Sam2Processor,
+    Sam3Config,
+    Sam3ImageProcessor,
+    Sam3Processor,
     SamConfig,
     SamHQConfig,
     SamHQProcessor,
@@ -29,6 +34,7 @@ from transformers import (
 
 IMAGE_SIZE = 64  # model input side in pixels (1024 for the released SAM / SAM 2 models, 1008 for SAM 3)
 BOX_FAMILIES = ("sam", "sam_hq", "sam2", "edgetam")
+BYTES = sorted(pre_tokenizers.ByteLevel.alphabet())  # the 256 characters byte-level BPE spells bytes with
 
 # SAM's ViT: 8-pixel patches (an 8 x 8 embedding grid), one windowed and one global attention layer.
 _SAM_VISION = dict(
@@ -98,16 +104,65 @@ def _sam2_like(config_class, backbone):
     )
 
 
+def tiny_tokenizer() -> CLIPTokenizer:
+    """A CLIP tokenizer that spells every text byte by byte (no merges): 256 bytes, 256 word-final bytes, and
+    the start and end tokens (512, 513), so that any class name tokenizes without a downloaded vocabulary."""
+    vocab = {c: i for i, c in enumerate(BYTES)} | {c + "</w>": i + len(BYTES) for i, c in enumerate(BYTES)}
+    vocab.update({"<|startoftext|>": 2 * len(BYTES), "<|endoftext|>": 2 * len(BYTES) + 1})
+    return CLIPTokenizer(vocab=vocab, merges=[])
+
+
+def _sam3_config() -> Sam3Config:
+    """SAM 3: a 2-layer ViT on 16-pixel patches (4 x 4 tokens, FPN at 16, 8, 4 and 2), a 1-layer CLIP text
+    encoder over `tiny_tokenizer`'s 514 tokens, a 1-layer geometry encoder, DETR encoder and decoder of 8 queries."""
+    end = 2 * len(BYTES) + 1
+    vit = dict(
+        model_type="sam3_vit_model",
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=IMAGE_SIZE,
+        patch_size=16,
+        window_size=2,
+        global_attn_indexes=[1],
+        pretrain_image_size=32,
+    )
+    clip = dict(
+        model_type="clip_text_model",
+        vocab_size=end + 1,
+        hidden_size=32,
+        intermediate_size=64,
+        projection_dim=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        max_position_embeddings=32,
+        bos_token_id=end - 1,
+        eos_token_id=end,
+        pad_token_id=end,
+    )
+    layers = dict(hidden_size=16, num_attention_heads=2, intermediate_size=32)
+    return Sam3Config(
+        vision_config=dict(backbone_config=vit, fpn_hidden_size=16, backbone_feature_sizes=_LEVELS),
+        text_config=clip,
+        geometry_encoder_config={**layers, "num_layers": 1, "roi_size": 2},
+        detr_encoder_config={**layers, "num_layers": 1},
+        detr_decoder_config={**layers, "num_layers": 1, "num_queries": 8},
+        mask_decoder_config=dict(hidden_size=16, num_upsampling_stages=2, num_attention_heads=2),
+    )
+
+
 CONFIGS = {
     "sam": _sam_config,
     "sam_hq": _sam_hq_config,
     "sam2": lambda: _sam2_like(Sam2Config, _hiera()),
     "edgetam": lambda: _sam2_like(EdgeTamConfig, _repvit()),
+    "sam3": _sam3_config,
 }
 
 
 def tiny_config(family: str):
-    """The tiny config of `family` (one of BOX_FAMILIES); KeyError for any other name."""
+    """The tiny config of `family` (one of BOX_FAMILIES, or sam3); KeyError for any other name."""
     return CONFIGS[family]()
 
 
@@ -115,6 +170,11 @@ def tiny_processor(family: str):
     """The family's processor at IMAGE_SIZE: SAM / SAM-HQ resize the longer side and pad to a square, SAM 2 /
     EdgeTAM resize to the square (their released processors do the same at 1024)."""
     low_res = IMAGE_SIZE // 4
+    if family == "sam3":  # resized to the square, as the released 1008 x 1008
+        image_processor = Sam3ImageProcessor(
+            size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}, mask_size={"height": low_res, "width": low_res}
+        )
+        return Sam3Processor(image_processor, tiny_tokenizer())
     if family in ("sam", "sam_hq"):
         image_processor = SamImageProcessor(
             size={"longest_edge": IMAGE_SIZE},
