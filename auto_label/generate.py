@@ -26,7 +26,7 @@ from gdino.data import GroundingDinoDataModule
 from gdino.module import GroundingDinoLabeler
 from gdino.writer import CocoPredictionWriter
 from mal.backbone import ARCH_ALIASES
-from mal.checkpoint import describe_checkpoint, load_pretrained
+from mal.checkpoint import describe_checkpoint, load_pretrained, with_architecture
 from mal.data import COCOBoxDataModule
 from mal.evaluate import evaluate_files, print_table
 from mal.module import MALModule
@@ -58,7 +58,7 @@ def mal_precision(spec: Spec) -> tuple[str, str]:
     precision where the hardware computes it fast: `precision: auto` (auto_label.precision); false: fp32."""
     if not spec.get("mal.train.use_amp"):
         return "32-true", "mal.train.use_amp is false"
-    return resolve_precision("auto", accelerator_device(accelerator()))
+    return resolve_precision("auto", accelerator_device(accelerator()), purpose="label")
 
 
 def trainer_kwargs(spec: Spec) -> dict:
@@ -129,10 +129,8 @@ def build_mal(spec: Spec) -> MALModule:
                     f"{spec.source}: {key} is {spec.get(key)!r} but {checkpoint} was trained with {kwargs[name]!r}; "
                     "remove the key (the checkpoint knows its architecture)"
                 )
-    else:
-        kwargs = {name: spec.get(key) for key, name in MAL_ARCH_KEYS.items()}
-        for name in ("conv_stem", "mask_head_num_convs", "mask_head_hidden_channel", "mask_head_out_channel"):
-            kwargs[name] = info[name]  # facts of the tensors
+    else:  # an original / TAO checkpoint: its tensors fix the architecture, the spec gives the rest
+        kwargs = with_architecture({name: spec.get(key) for key, name in MAL_ARCH_KEYS.items()}, checkpoint, info)
     thresholds = spec.get("mal.train.mask_thres")
     if spec.is_set("mal.train.mask_thres") or "hparams" not in info:
         kwargs["mask_thres"] = list(thresholds) if not isinstance(thresholds, (int, float)) else thresholds

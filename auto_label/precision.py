@@ -35,6 +35,7 @@ ENV_CPU_BF16 = "AUTO_LABEL_CPU_BF16"
 CPU_BF16_FLAGS = {"avx512_bf16": "AVX512-BF16", "amx_bf16": "AMX"}
 # Lightning precision -> the dtype name (gdino's `precision`, the benchmarks' labels).
 DTYPE_NAMES = {"bf16-mixed": "bf16", "16-mixed": "fp16", "32-true": "fp32"}
+PURPOSES = ("train", "label")
 
 
 def capability_label(cpu_capability: str | None, cpu_flags: frozenset[str]) -> str:
@@ -59,12 +60,18 @@ def choose_precision(
     cpu_flags: frozenset[str],
     cuda_bf16: bool | None,
     cpu_bf16_override: bool | None = None,
+    purpose: str = "train",
 ) -> tuple[str, str]:
     """(Lightning precision, reason) for a model running on `device_type` ("cpu", "cuda", "mps", ...).
 
-    CUDA: bf16-mixed where the GPU has bf16 (Ampere and later), else 16-mixed. CPU: bf16-mixed only with
-    native bf16 (`native_cpu_bf16`), else 32-true. Anything else (MPS, XLA): 32-true.
+    CUDA: bf16-mixed where the GPU has bf16 (Ampere and later), else 16-mixed. CPU: for `purpose` "train",
+    bf16-mixed only with native bf16 (`native_cpu_bf16`), else 32-true; for "label" (predicting labels with
+    weights a user brought) always 32-true, the original models' own numerics on a CPU: bf16 moved MAL's
+    masks to IoU 0.976-0.996 against the original's on ../shared/parity/mal (README, Fidelity). Anything else
+    (MPS, XLA): 32-true.
     """
+    if purpose not in PURPOSES:
+        raise ValueError(f"purpose must be one of {PURPOSES}, got {purpose!r}")
     if device_type == "cuda":
         if cuda_bf16:
             return "bf16-mixed", "CUDA GPU with bf16: bf16-mixed"
@@ -73,6 +80,8 @@ def choose_precision(
         cpu = f"CPU {capability_label(cpu_capability, cpu_flags)}"
         if cpu_bf16_override is not None:
             cpu += f", {ENV_CPU_BF16}={int(cpu_bf16_override)}"
+        if purpose == "label":
+            return "32-true", f"{cpu}: labelling in 32-true, the original models' numerics (bf16 is a switch away)"
         if native_cpu_bf16(cpu_capability, cpu_flags, cpu_bf16_override):
             return "bf16-mixed", f"{cpu}: native bf16, bf16-mixed"
         return "32-true", f"{cpu}: no native bf16 (emulated bf16 ran matmuls ~45x slower), 32-true"
@@ -150,19 +159,20 @@ def accelerator_device(accelerator) -> str:
     return device_type(accelerator, torch.cuda.is_available(), torch.backends.mps.is_available())
 
 
-def resolve_precision(precision, device: str) -> tuple[str, str]:
-    """(precision, reason): an explicit precision as given, "auto" decided for `device` on this machine and
-    logged in one line."""
+def resolve_precision(precision, device: str, purpose: str = "train") -> tuple[str, str]:
+    """(precision, reason): an explicit precision as given, "auto" decided for `device` and `purpose` on this
+    machine and logged in one line."""
     if precision != "auto":
         return precision, "set explicitly"
-    chosen, reason = choose_precision(**hardware_facts(device))
+    chosen, reason = choose_precision(**hardware_facts(device), purpose=purpose)
     log.info("precision auto -> %s (%s)", chosen, reason)
     return chosen, reason
 
 
 def resolve_dtype_name(precision: str, device: str) -> tuple[str, str]:
-    """`resolve_precision` for settings named by dtype (Grounding DINO's fp32 / bf16 / fp16, or auto)."""
+    """`resolve_precision` for labellers whose setting is named by dtype (Grounding DINO's, SAM's fp32 / bf16 /
+    fp16, or auto)."""
     if precision != "auto":
         return precision, "set explicitly"
-    chosen, reason = resolve_precision("auto", device)
+    chosen, reason = resolve_precision("auto", device, purpose="label")
     return DTYPE_NAMES[chosen], reason

@@ -16,7 +16,7 @@ from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from auto_label.cli import expand_flags, run_guarded
 from auto_label.precision import accelerator_device, resolve_precision
 from auto_label.weights import load_weights
-from mal.checkpoint import CheckpointError
+from mal.checkpoint import CheckpointError, with_architecture
 from mal.data import COCOBoxDataModule
 from mal.evaluate import evaluate_files, print_table
 from mal.module import PREDICTION_OPTIONS, MALModule
@@ -47,8 +47,14 @@ class Trainer(L.Trainer):
 
     def __init__(self, *, precision: _PRECISION_INPUT | Literal["auto"] = "auto", **kwargs):
         device = accelerator_device(kwargs.get("accelerator", "auto"))
-        precision, self.precision_reason = resolve_precision(precision, device)
+        precision, self.precision_reason = resolve_precision(precision, device, purpose=self.purpose)
         super().__init__(precision=precision, **kwargs)
+
+    purpose = "train"  # "label" for predict / validate / test (set by MALCLI): auto_label.precision
+
+
+class LabellingTrainer(Trainer):
+    purpose = "label"
 
 
 class SaveFitConfig(SaveConfigCallback):
@@ -74,10 +80,17 @@ class MALCLI(LightningCLI):
         self.prediction_options = {k: config["model"][k] for k in PREDICTION_OPTIONS} if config else {}
 
     def before_instantiate_classes(self) -> None:
-        """Refuse non-weights-only checkpoint loading, and check the data before any model work."""
+        """Refuse non-weights-only checkpoint loading, read the architecture of the MAL checkpoint that
+        `--ckpt_path` or `--model.pretrained_path` names, and check the data before any model work."""
         config = self.config[self.subcommand]
         for key, value in self.prediction_options.items():
             config["model"][key] = value
+        if self.subcommand != "fit":
+            self.trainer_class = LabellingTrainer
+        for weights in (config.get("ckpt_path"), config["model"].get("pretrained_path")):
+            if weights and weights not in LIGHTNING_CKPT_NAMES and Path(weights).is_file():
+                for key, value in with_architecture(config["model"].as_dict(), weights).items():
+                    config["model"][key] = value
         if "weights_only" in config:
             if config["weights_only"] is False:
                 raise CheckpointError("--weights_only false is not supported: checkpoints load weights-only")

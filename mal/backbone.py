@@ -19,6 +19,8 @@ import torch.nn.functional as F
 from timm.layers import PatchEmbed, use_fused_attn
 from torch import nn
 
+from auto_label.precision import cpu_has_native_bf16
+
 # TAO spec names -> timm names
 ARCH_ALIASES = {
     "vit-mae-base/16": "vit_base_patch16_224",
@@ -129,12 +131,14 @@ def cpu_bf16_autocast(images: torch.Tensor) -> bool:
 
 
 def select_attention_kernel(vit: nn.Module, images: torch.Tensor) -> None:
-    """Under bf16 autocast on a CPU, PyTorch's fused (flash) attention kernel is no faster than in fp32, while
-    plain bf16 matmuls + softmax run ViT attention at crop-size token counts 1.7x faster (BENCHMARKS.md).
-    Use timm's unfused path there for inference only (Lightning predicts, validates and tests in inference
-    mode): its softmax is rounded to bf16, and training with it learnt worse (demo: 0.601 instead of 0.636
-    mIoU). Everywhere else the fused kernel (training, fp32 on a CPU, any GPU)."""
-    fused = use_fused_attn() and not (torch.is_inference_mode_enabled() and cpu_bf16_autocast(images))
+    """Under bf16 autocast on a CPU with native bf16 (auto_label.precision), PyTorch's fused (flash) attention
+    kernel is no faster than in fp32, while plain bf16 matmuls + softmax run ViT attention at crop-size token
+    counts 1.7x faster (BENCHMARKS.md). Use timm's unfused path there for inference only (Lightning predicts,
+    validates and tests in inference mode): its softmax is rounded to bf16, and training with it learnt worse
+    (demo: 0.601 instead of 0.636 mIoU). Everywhere else the fused kernel (training, fp32, any GPU, a CPU
+    that emulates bf16)."""
+    unfused = torch.is_inference_mode_enabled() and cpu_bf16_autocast(images) and cpu_has_native_bf16()
+    fused = use_fused_attn() and not unfused
     for module in vit.modules():
         if hasattr(module, "fused_attn"):
             module.fused_attn = fused

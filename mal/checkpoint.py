@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from auto_label.weights import load_weights
-from mal.backbone import adopt_pos_embed
+from mal.backbone import adopt_pos_embed, create_vit
 
 log = logging.getLogger(__name__)
 
@@ -95,13 +95,12 @@ def module_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def _vit_facts(net_state: dict[str, torch.Tensor]) -> dict:
-    """timm ViT arguments implied by a MaskNet state's backbone tensors."""
+    """timm ViT arguments implied by a MaskNet state's backbone tensors (all but the number of heads)."""
     width = net_state["backbone.cls_token"].shape[-1]
     depth = len({m.group(1) for k in net_state if (m := re.match(r"backbone\.blocks\.(\d+)\.", k))})
     facts = {
         "embed_dim": width,
         "depth": depth,
-        "num_heads": HEADS_BY_WIDTH.get(width, max(1, width // 64)),
         "mlp_ratio": net_state["backbone.blocks.0.mlp.fc1.weight"].shape[0] / width,
     }
     if "backbone.patch_embed.proj.weight" in net_state:
@@ -110,8 +109,8 @@ def _vit_facts(net_state: dict[str, torch.Tensor]) -> dict:
 
 
 def architecture(net_state: dict[str, torch.Tensor]) -> dict:
-    """MALModule arguments that a MaskNet state's tensors fix: the ViT's size (`backbone_kwargs`; heads by
-    the standard ViT widths), the conv stem and the decoder's sizes."""
+    """MALModule arguments that a MaskNet state's tensors fix: the ViT's size (`backbone_kwargs`), the conv
+    stem and the decoder's sizes."""
     convs = sorted({int(m.group(1)) for k in net_state if (m := re.match(r"decoder\.value_convs\.(\d+)\.", k))})
     return {
         "backbone_kwargs": _vit_facts(net_state),
@@ -120,6 +119,12 @@ def architecture(net_state: dict[str, torch.Tensor]) -> dict:
         "mask_head_hidden_channel": net_state["decoder.key_mlp.0.weight"].shape[0],
         "mask_head_out_channel": net_state["decoder.key_mlp.2.weight"].shape[0],
     }
+
+
+def configured_width(arch: str, backbone_kwargs: dict) -> int:
+    """The embedding width of the ViT that `arch` and `backbone_kwargs` name (built on the meta device)."""
+    with torch.device("meta"):
+        return create_vit(arch, 224, **{k: v for k, v in backbone_kwargs.items() if k != "depth"}, depth=1).embed_dim
 
 
 def describe_checkpoint(path: str | Path) -> dict:
@@ -141,15 +146,21 @@ def describe_checkpoint(path: str | Path) -> dict:
     return info
 
 
-def with_architecture(model_args: dict, path: str | Path) -> dict:
+def with_architecture(model_args: dict, path: str | Path, info: dict | None = None) -> dict:
     """`model_args` (MALModule arguments) with the architecture of the MAL checkpoint at `path` put in; logs
-    what the checkpoint changed. Backbone-only weights leave them as they are."""
-    info = describe_checkpoint(path)
+    what the checkpoint changed. Backbone-only weights leave them as they are. `info`: the checkpoint's
+    `describe_checkpoint`, when the caller has it already."""
+    info = info or describe_checkpoint(path)
     if info["layout"] == "backbone":
         return model_args
     facts = {k: info[k] for k in ("conv_stem", "mask_head_num_convs", "mask_head_hidden_channel")}
     facts["mask_head_out_channel"] = info["mask_head_out_channel"]
-    facts["backbone_kwargs"] = {**(model_args.get("backbone_kwargs") or {}), **info["backbone_kwargs"]}
+    configured = model_args.get("backbone_kwargs") or {}
+    vit = {**configured, **info["backbone_kwargs"]}
+    if configured_width(model_args.get("arch", "vit_base_patch16_224"), configured) != vit["embed_dim"]:
+        width = vit["embed_dim"]  # the tensors cannot tell the heads: those of the standard ViT of that width
+        vit["num_heads"] = HEADS_BY_WIDTH.get(width, max(1, width // 64))
+    facts["backbone_kwargs"] = vit
     changed = {k: v for k, v in facts.items() if model_args.get(k) != v}
     if changed:
         log.info("architecture read from %s: %s", path, changed)

@@ -19,8 +19,9 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from auto_label.coco import CocoFile, load_coco
+from auto_label.evaluation import describe_left_out, mask_truth
 from auto_label.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
-from auto_label.masks import segmentation_to_mask
+from auto_label.masks import ground_truth_mask
 from auto_label.sharding import ExactShardSampler
 from auto_label.shards import StrictSkipError
 from auto_label.writers import write_jsonl
@@ -187,13 +188,12 @@ class ImageBoxesDataset(Dataset):
         boxes = [clip_box(xywh_to_xyxy(a["bbox"]), width, height) for a in anns]  # the writer flags clipped ones
         sample.update(box_crops(image, boxes, self.margins, self.crop_size))
         sample["category_ids"] = torch.tensor([a["category_id"] for a in anns], dtype=torch.int64)
-        if self.with_masks:
-            sample["gt_masks"] = (
-                torch.from_numpy(np.stack([segmentation_to_mask(a["segmentation"], height, width) for a in anns]))
-                if all("segmentation" in a for a in anns)
-                else None
-            )
-            sample["gt_areas"] = torch.tensor([float(a.get("area", a["bbox"][2] * a["bbox"][3])) for a in anns])
+        if self.with_masks:  # box-only and degenerate records are left out of both mIoU and AP (auto_label.evaluation)
+            masks = [ground_truth_mask(a.get("segmentation"), height, width) for a in anns]
+            kept = [m for m in masks if m is not None]
+            sample["gt_scored"] = torch.tensor([m is not None for m in masks], dtype=torch.bool)
+            sample["gt_masks"] = torch.from_numpy(np.stack(kept)) if kept else None
+            sample["gt_areas"] = torch.tensor([float(m.sum()) for m in kept])
         return sample
 
 
@@ -269,6 +269,8 @@ class COCOBoxDataModule(L.LightningDataModule):
             self.train_coco = load_coco(hp.train_ann_path, hp.train_img_dir, **self._path_rules)
         if stage in ("fit", "validate", "test") and hp.val_ann_path and self.val_coco is None:
             self.val_coco = load_coco(hp.val_ann_path, hp.val_img_dir, **self._path_rules)
+            for line in describe_left_out(mask_truth(self.val_coco).left_out):
+                log.info("%s: %s", hp.val_ann_path, line)
         if stage in ("validate", "test") and self.val_coco is None:
             raise ValueError(f"data.val_ann_path is required for {stage}")
         if stage == "predict" and self.predict_coco is None:  # `auto_label generate` may have loaded it

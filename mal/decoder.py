@@ -56,9 +56,18 @@ class MaskDecoder(nn.Module):
             features = conv(features)
         return features
 
+    def keys(self, pooled: torch.Tensor) -> torch.Tensor:
+        """B x C pooled features -> B x out_channels keys: `key_mlp`, with each Linear summed box by box in a
+        fixed order, so that a box's key does not depend on the other boxes in its batch (a small-batch GEMM
+        picks its kernel by the batch size: keys differed by 3e-8 between batches of 3 and 8 on a CPU, enough
+        to change a rounded score)."""
+        first, relu, second = self.key_mlp
+        hidden = relu((pooled[:, None, :] * first.weight).sum(-1) + first.bias)
+        return (hidden[:, None, :] * second.weight).sum(-1) + second.bias
+
     def forward(self, features: torch.Tensor, box_areas: torch.Tensor, out_size: int) -> torch.Tensor:
         """B x C x h x w features -> B x 1 x out_size x out_size mask logits."""
-        keys = self.key_mlp(features.mean(dim=(2, 3)))
+        keys = self.keys(features.float().mean(dim=(2, 3)))
         logits = features.new_empty((features.shape[0], 1, out_size, out_size))
         buckets = size_bucket(box_areas)
         for bucket, scale in enumerate(self.scales):

@@ -365,13 +365,14 @@ class MALModule(L.LightningModule):
         for sample, results in zip(scored, self.predict_images(scored)):  # packed as in predict_step
             height, width = sample["image"].shape[1:]
             masks = full_masks([(r["x0"], r["y0"], r["mask"]) for r in results], height, width)
-            pred = torch.from_numpy(masks).bool()
+            keep = sample["gt_scored"]
+            pred = torch.from_numpy(masks).bool()[keep]
             gt = sample["gt_masks"].bool()
-            self.iou_metric.update(mask_ious(pred, gt), sample["category_ids"], sample["gt_areas"])
-            scores = torch.tensor([r["score"] for r in results])
+            labels = sample["category_ids"][keep]
+            self.iou_metric.update(mask_ious(pred, gt), labels, sample["gt_areas"])
+            scores = torch.tensor([r["score"] for r in results])[keep]
             self.ap_metric.update(
-                [{"masks": pred, "scores": scores, "labels": sample["category_ids"]}],
-                [{"masks": gt, "labels": sample["category_ids"]}],
+                [{"masks": pred, "scores": scores, "labels": labels}], [{"masks": gt, "labels": labels}]
             )
             if len(self.overlays) < self.hparams.num_overlays:
                 image = sample["image"].permute(1, 2, 0).numpy()
@@ -382,7 +383,8 @@ class MALModule(L.LightningModule):
         metrics = {f"{stage}/{k}": v for k, v in self.iou_metric.compute().items()}
         ap = self.ap_metric.compute()
         for name in ("map", "map_50", "map_75", "map_small", "map_medium", "map_large"):
-            metrics[f"{stage}/mask_{name.replace('map', 'AP')}"] = ap[name].float()
+            if ap[name] >= 0:  # torchmetrics' -1: no instance of that size, a metric over nothing
+                metrics[f"{stage}/mask_{name.replace('map', 'AP')}"] = ap[name].float()
         self.log_dict(metrics, sync_dist=True)
         self.iou_metric.reset()
         self.ap_metric.reset()

@@ -92,9 +92,11 @@ class MaskLabelWriter(ShardedPredictionWriter):
         super().setup(trainer, pl_module, stage)
 
     def fingerprint(self, trainer, pl_module) -> dict:
-        """What decides the output: input file, images, prediction settings and weights (not batch or ranks)."""
+        """What decides the output: input file, images, prediction settings, precision and weights (not the batch
+        size or the number of processes: a box's mask does not depend on its batch, tests/test_mal_packing.py)."""
         data = trainer.datamodule
         return {
+            "precision": str(trainer.precision),
             "input": file_digest(data.predict_coco.path),
             "image_dir": str(data.predict_coco.image_dir.resolve()),
             "data": {k: data.hparams[k] for k in ("crop_size", "test_margin_rate", "max_pixels")},

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
 from auto_label.synthetic import make_synthetic_coco
+
+# The same precision on every machine CI may run on: `precision: auto` as on a CPU without native bf16 (the
+# tests that exercise the decision set this variable themselves).
+os.environ.setdefault("AUTO_LABEL_CPU_BF16", "0")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"

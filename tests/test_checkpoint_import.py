@@ -189,3 +189,14 @@ def test_a_layout_that_does_not_fit_is_named_key_by_key(tmp_path):
     torch.save({"state_dict": state}, path)
     with pytest.raises(CheckpointError, match=r"wrong-shape keys: decoder\.key_mlp\.0\.weight: \(9, 32\) vs \(8, 32\)"):
         load_pretrained(target(True), path)
+
+
+def test_the_configured_heads_stay_when_the_width_is_the_checkpoints(tmp_path):
+    """The tensors cannot tell the number of attention heads: a configured ViT of the checkpoint's width keeps
+    its own (here 2 at width 32); another width takes the standard ViT's for the checkpoint's width."""
+    state, _ = original_state(True, seed=6)
+    path = tmp_path / "original.ckpt"
+    torch.save(lightning_1_9_file(state), path)
+    same_width = {"arch": "vit_tiny_patch16_224", "backbone_kwargs": {"embed_dim": WIDTH, "num_heads": 2}}
+    assert with_architecture(same_width, path)["backbone_kwargs"]["num_heads"] == 2
+    assert with_architecture({"arch": "vit_tiny_patch16_224"}, path)["backbone_kwargs"]["num_heads"] == 1

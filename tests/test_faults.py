@@ -212,7 +212,7 @@ def test_mal_prediction_survives_an_out_of_memory_forward(assets):
     """The real model and image; the forward pass fails like a full GPU above 2 crops at once."""
     module = MALModule.load_from_checkpoint(assets["mal_checkpoint"], map_location="cpu", weights_only=True).eval()
     coco = load_coco(assets["boxes"], assets["images"])
-    dataset = ImageBoxesDataset(coco, (0.6, 0.6))
+    dataset = ImageBoxesDataset(coco, (0.6, 0.6), module.hparams.crop_size)
     sample = max((dataset[i] for i in range(len(dataset))), key=lambda s: len(s["boxes"]))
     assert len(sample["boxes"]) >= 3
     reference = module.predict_image(sample)

@@ -35,8 +35,13 @@ def test_conv_stem_keeps_mal_key_layout_and_output_shape():
     assert net(torch.randn(2, 3, 64, 64), torch.tensor([10.0, 1e5]), 32).shape == (2, 1, 32, 32)
 
 
-def test_cpu_bf16_inference_uses_unfused_attention_with_the_same_result():
+def test_cpu_bf16_inference_uses_unfused_attention_with_the_same_result(monkeypatch):
     vit = create_vit("vit_tiny_patch16_224", 64, **TINY).eval()
+    monkeypatch.setenv("AUTO_LABEL_CPU_BF16", "0")  # a CPU that emulates bf16: the fused kernel throughout
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        feature_map(vit, torch.randn(1, 3, 64, 64))
+    assert all(m.fused_attn for m in vit.modules() if hasattr(m, "fused_attn"))
+    monkeypatch.setenv("AUTO_LABEL_CPU_BF16", "1")  # native bf16
     attentions = [m for m in vit.modules() if hasattr(m, "fused_attn")]
     images = torch.randn(2, 3, 64, 64)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):

@@ -55,6 +55,17 @@ def test_cpu_gets_bf16_only_with_native_bf16(capability, flags, expected, label)
     assert reason.startswith(f"CPU {label}:") and reason.endswith(expected)
 
 
+@pytest.mark.parametrize("flags", [NO_FLAGS, AMX])
+def test_labelling_on_a_cpu_keeps_the_original_models_fp32(flags):
+    """bf16 moved MAL's masks to IoU 0.976-0.996 against the original's (../shared/parity/mal): labels are
+    made in fp32 on a CPU whatever it supports; training still takes native bf16."""
+    precision, reason = choose_precision("cpu", "AVX512", flags, None, purpose="label")
+    assert precision == "32-true" and "original" in reason
+    assert choose_precision("cuda", "AVX512", flags, True, purpose="label")[0] == "bf16-mixed"
+    with pytest.raises(ValueError, match="purpose"):
+        choose_precision("cpu", "AVX512", flags, None, purpose="infer")
+
+
 @pytest.mark.parametrize(("cuda_bf16", "expected"), [(True, "bf16-mixed"), (False, "16-mixed")])
 def test_cuda_gets_bf16_where_the_gpu_has_it_else_fp16(cuda_bf16, expected):
     assert choose_precision("cuda", "AVX2", NO_FLAGS, cuda_bf16)[0] == expected
@@ -105,7 +116,8 @@ def test_an_explicit_precision_wins(monkeypatch):
 def test_auto_decides_the_trainer_and_the_grounding_dino_dtype(monkeypatch):
     monkeypatch.setenv(ENV_CPU_BF16, "1")
     assert Trainer(accelerator="cpu", logger=False).precision == "bf16-mixed"
-    assert resolve_dtype_name("auto", "cpu")[0] == "bf16"
+    assert resolve_precision("auto", "cpu", purpose="label")[0] == "32-true"  # labels: the original's numerics
+    assert resolve_dtype_name("auto", "cpu")[0] == "fp32"
     monkeypatch.setenv(ENV_CPU_BF16, "0")
     trainer = Trainer(accelerator="cpu", logger=False)
     assert trainer.precision == "32-true" and f"{ENV_CPU_BF16}=0" in trainer.precision_reason
@@ -144,7 +156,7 @@ def test_cpu_without_native_bf16_trains_and_predicts_in_fp32(synthetic, tmp_path
 def test_tao_use_amp_means_auto_and_false_means_fp32(tmp_path, monkeypatch):
     spec = write_spec(tmp_path / "spec.yaml", mal_spec_dict(tmp_path, "m.ckpt", "a.json", "images"))
     monkeypatch.setenv(ENV_CPU_BF16, "1")
-    assert mal_precision(load_spec(spec))[0] == "bf16-mixed"
+    assert mal_precision(load_spec(spec))[0] == "32-true"  # labelling on a CPU: the original's numerics
     assert mal_precision(load_spec(spec, ["mal.train.use_amp=false"])) == ("32-true", "mal.train.use_amp is false")
     monkeypatch.setenv(ENV_CPU_BF16, "0")
     assert mal_precision(load_spec(spec))[0] == "32-true"
@@ -157,7 +169,8 @@ def test_grounding_dino_casts_its_weights_to_the_auto_dtype(gdino_model_dir, tmp
     labeler = GroundingDinoLabeler(str(gdino_model_dir))
     assert labeler.precision_name == "fp32" and labeler.input_dtype == torch.float32
     monkeypatch.setenv(ENV_CPU_BF16, "1")
-    assert GroundingDinoLabeler(str(gdino_model_dir)).input_dtype == torch.bfloat16
+    assert GroundingDinoLabeler(str(gdino_model_dir)).input_dtype == torch.float32  # labelling: IDEA's numerics
+    assert GroundingDinoLabeler(str(gdino_model_dir), precision="bf16").input_dtype == torch.bfloat16
     assert GroundingDinoLabeler(str(gdino_model_dir), precision="fp32").input_dtype == torch.float32  # explicit
 
     monkeypatch.setenv(ENV_CPU_BF16, "0")  # `gdino label` decides for its --trainer.accelerator
