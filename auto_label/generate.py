@@ -17,7 +17,9 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from omegaconf import ListConfig, OmegaConf
 
+from auto_label.evaluation import mask_truth
 from auto_label.precision import accelerator_device, resolve_dtype_name, resolve_precision
 from auto_label.report import build_report, summary, write_report
 from auto_label.spec import IMAGENET_MEAN, IMAGENET_STD, Spec, SpecError
@@ -161,7 +163,7 @@ def run_mal(spec: Spec, ann_path: str, img_dir: str, fresh: bool, data_options: 
     check_writable(Path(out).parent)
     boxes = COCOBoxDataModule(**data_kwargs).load_predict_coco()  # a bad file stops here, before the weights
     load_mask = spec.get("mal.inference.load_mask")
-    if load_mask and not any("segmentation" in a and not a.get("iscrowd", 0) for a in boxes.annotations):
+    if load_mask and not mask_truth(boxes).instances:
         raise SpecError(
             f"{spec.source}: mal.inference.load_mask is true, but {ann_path} holds no instance masks to compare "
             "the labels with; set it to false"
@@ -177,7 +179,7 @@ def run_mal(spec: Spec, ann_path: str, img_dir: str, fresh: bool, data_options: 
     if load_mask and summary["is_global_zero"]:  # TAO's load_mask: score the labels against the input's masks
         metrics = evaluate_files(str(out), str(ann_path))
         print_table(metrics, f"MAL masks vs the masks in {ann_path}")
-        stage["evaluation"] = {k: None if v != v else v for k, v in metrics.items()}  # NaN (no instance): null
+        stage["evaluation"] = metrics
     return stage
 
 
@@ -225,8 +227,10 @@ def run_gdino(spec: Spec, fresh: bool, writer_kwargs: dict, data_options: dict) 
     """Label boxes; `writer_kwargs` lets a chained run keep the shards until its last stage is done."""
     out_dir = stage_dir(spec, "grounding_dino")
     class_names = spec.get("grounding_dino.dataset.class_names")
+    image_dir = spec.get("grounding_dino.dataset.image_dir")
+    image_dir = OmegaConf.to_container(image_dir) if isinstance(image_dir, ListConfig) else image_dir
     data = GroundingDinoDataModule(
-        image_dir=spec.get("grounding_dino.dataset.image_dir"),
+        image_dir=image_dir,
         class_names=list(class_names) if class_names else None,
         noun_chunk_path=spec.get("grounding_dino.dataset.noun_chunk_path"),
         batch_size=spec.get("batch_size"),
@@ -246,9 +250,9 @@ def run_gdino(spec: Spec, fresh: bool, writer_kwargs: dict, data_options: dict) 
     summary = _predict(spec, build_gdino(spec, precision), data, writer)
     inputs = {
         "gdino_checkpoint": spec.get("grounding_dino.checkpoint"),
-        "gdino_image_dir": spec.get("grounding_dino.dataset.image_dir"),
+        "gdino_image_dir": image_dir,
     }
-    summary.update(precision=precision, precision_reason=reason)
+    summary.update(precision=precision, precision_reason=reason, image_root=str(data.image_root))
     return {"name": "grounding_dino", "inputs": inputs, **summary, "output": str(writer.output), "shards": writer.store}
 
 
@@ -285,9 +289,8 @@ def generate(spec: Spec, fresh: bool = False, data_options: dict | None = None) 
     if kind == "mal":
         ann_path, img_dir = spec.get("mal.inference.ann_path"), spec.get("mal.inference.img_dir")
         stages.append(run_mal(spec, ann_path, img_dir, fresh, data_options))
-    if kind == "text2mask":
-        image_dir = spec.get("grounding_dino.dataset.image_dir")
-        stages.append(run_mal(spec, stages[0]["output"], image_dir, fresh, data_options))
+    if kind == "text2mask":  # the boxes' file names are relative to the folders' common root
+        stages.append(run_mal(spec, stages[0]["output"], stages[0]["image_root"], fresh, data_options))
     if not stages[-1]["is_global_zero"]:
         return None
     shards = stages[0].pop("shards", None)

@@ -136,7 +136,11 @@ SCHEMA = {
 }
 
 # Values whose default is None or a list of mappings are free-form; these name their allowed types.
-FREE_TYPES = {"grounding_dino.dataset.class_names": (list,), "mal.train.mask_thres": (list, float, int)}
+FREE_TYPES = {
+    "grounding_dino.dataset.class_names": (list,),
+    "grounding_dino.dataset.image_dir": (str, list),  # TAO: one folder or a list of folders
+    "mal.train.mask_thres": (list, float, int),
+}
 
 
 class SpecError(ValueError):
@@ -213,7 +217,8 @@ def check_keys(user: dict, source: str) -> set[str]:
                 allowed = FREE_TYPES.get(name)
                 if allowed:
                     if value is not None and not isinstance(value, allowed):
-                        problems.append(f"'{name}' must be a {allowed[0].__name__}, got {value!r}")
+                        kinds = " or ".join(t.__name__ for t in allowed)
+                        problems.append(f"'{name}' must be a {kinds}, got {value!r}")
                 elif not _type_ok(default, value):
                     problems.append(f"'{name}' must be a {type(default).__name__} like {default!r}, got {value!r}")
             elif name in ALL_SECTIONS and isinstance(value, dict):

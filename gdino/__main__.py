@@ -89,6 +89,8 @@ def evaluate_command(args: list[str]) -> None:
     print(format_report(metrics))
     if cfg.output:
         write_metrics(metrics, cfg.output)
+    if "nothing_to_score" in metrics:  # a number over nothing would read as a result: exit 2
+        raise ValueError(f"nothing to score: {metrics['nothing_to_score']}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -96,7 +96,9 @@ class GroundingDinoLabeler(L.LightningModule):
     def set_vocabulary(self, vocabulary) -> None:
         """Tokenise the prompts once and resolve per-class thresholds against the class names."""
         self.vocabulary = vocabulary
-        self.prompt_tokens = PromptTokenizer(self.tokenizer, vocabulary.prompts, self.model.config.max_text_len)
+        self.prompt_tokens = PromptTokenizer(
+            self.tokenizer, vocabulary.prompts, self.model.config.max_text_len, merge_identical=vocabulary.grounding
+        )
         self.threshold_override = class_threshold_table(self.class_thresholds, vocabulary.class_names, sanitize_name)
 
     def on_predict_start(self) -> None:

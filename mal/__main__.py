@@ -117,6 +117,8 @@ def evaluate_main(argv: list[str]) -> None:
     if args.output:
         with open(args.output, "w") as f:
             json.dump(metrics, f, indent=2)
+    if "nothing_to_score" in metrics:  # a number over nothing would read as a result: exit 2
+        raise ValueError(f"nothing to score: {metrics['nothing_to_score']}")
 
 
 def cli_main(argv: list[str] | None = None) -> MALCLI | None:

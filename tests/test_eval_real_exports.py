@@ -13,6 +13,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from bad_inputs import run_module
 from conftest import REPO, SHARED
 from pycocotools import mask as mask_utils
 
@@ -177,6 +178,9 @@ def test_a_file_with_nothing_scorable_gives_no_number(tmp_path, capsys):
     gdino = gdino_evaluate(tmp_path / "pred.json", tmp_path / "gt.json")
     assert gdino["AP"] is None and "nothing_to_score" in gdino
     assert "nothing to score" in format_report(gdino) and "0.000" not in format_report(gdino)
+    for command in ("mal", "gdino"):  # the commands say so and exit 2, as for any input that cannot be scored
+        done = run_module(command, "evaluate", "--pred", str(tmp_path / "pred.json"), "--gt", str(tmp_path / "gt.json"))
+        assert done.returncode == 2 and "nothing to score" in done.stderr and "Traceback" not in done.stderr
 
 
 def test_a_size_bucket_without_instances_is_none_not_a_number(tmp_path):

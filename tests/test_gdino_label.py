@@ -161,7 +161,7 @@ def test_label_command_writes_a_valid_deterministic_coco_file(gdino_model_dir, d
         "1": "ring",
         "2": "traffic light",
     }
-    assert (tmp_path / "vis" / "sub" / "a.jpg").is_file()
+    assert (tmp_path / "vis" / "sub" / "a.JPG.jpg").is_file()  # the whole file name: no overlay overwrites another
     assert not list(tmp_path.glob(".labels.json.shards"))
 
     again = tmp_path / "again.json"
