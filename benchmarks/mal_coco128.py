@@ -26,13 +26,21 @@ REPO = Path(__file__).resolve().parents[1]
 COCO128 = REPO.parent / "shared" / "data" / "coco128"
 
 
+def cli_overrides(items: list[str]) -> list[str]:
+    """`key=value` and `--key=value` (or `--key value`) settings as Lightning CLI arguments (`--key=value`)."""
+    return [f"--{item}" if "=" in item and not item.startswith("-") else item for item in items]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=30.0, help="wall-clock budget of the fit")
     parser.add_argument("--config", default=str(REPO / "configs" / "mal" / "coco128_cpu.yaml"))
     parser.add_argument("--out", default="results/bench/mal_coco128")
-    parser.add_argument("overrides", nargs="*", help="extra Lightning CLI arguments, e.g. --model.lr=1e-5")
-    args = parser.parse_args()
+    parser.add_argument(
+        "overrides", nargs="*", help="Lightning CLI settings: key=value or --key=value, e.g. trainer.max_steps=450"
+    )
+    args, unknown = parser.parse_known_args()
+    args.overrides = cli_overrides([*args.overrides, *unknown])
     configure_logging()
     ann = COCO128 / "annotations" / "instances.json"
     if not ann.is_file():

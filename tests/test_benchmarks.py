@@ -54,3 +54,14 @@ def test_mal_predict_table_names_the_cpu_capability_and_precision(monkeypatch):
     table = module.markdown(results)
     assert "CPU capability AVX2" in table and "Ours in 32-true (CPU AVX2: no native bf16, 32-true)" in table
     assert "| ours, fp32 |" in table and "bf16" not in table.replace("no native bf16", "")
+
+
+def test_mal_coco128_takes_documented_overrides_in_both_spellings(monkeypatch):
+    module = load(REPO / "benchmarks" / "mal_coco128.py", monkeypatch)
+    seen = {}
+    monkeypatch.setattr(module, "cli_main", lambda argv: seen.setdefault("argv", argv) and exit(0))
+    monkeypatch.setattr(sys, "argv", ["mal_coco128.py", "--minutes", "0", "trainer.max_steps=450", "--model.lr=1e-5"])
+    with pytest.raises(SystemExit):
+        module.main()
+    assert seen["argv"][-2:] == ["--trainer.max_steps=450", "--model.lr=1e-5"]
+    assert module.cli_overrides(["--data.batch_size", "8"]) == ["--data.batch_size", "8"]
