@@ -166,38 +166,34 @@ def tiny_config(family: str):
     return CONFIGS[family]()
 
 
-def tiny_processor(family: str):
-    """The family's processor at IMAGE_SIZE: SAM / SAM-HQ resize the longer side and pad to a square, SAM 2 /
-    EdgeTAM resize to the square (their released processors do the same at 1024)."""
-    low_res = IMAGE_SIZE // 4
-    if family == "sam3":  # resized to the square, as the released 1008 x 1008
-        image_processor = Sam3ImageProcessor(
-            size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}, mask_size={"height": low_res, "width": low_res}
-        )
+def tiny_processor(family: str, image_size: int = IMAGE_SIZE):
+    """The family's processor at `image_size` (1024 for the released SAM / SAM 2 models, 1008 for SAM 3): SAM /
+    SAM-HQ resize the longer side and pad to a square, SAM 2 / EdgeTAM / SAM 3 resize to the square."""
+    low_res = image_size // 4
+    square = {"height": image_size, "width": image_size}
+    if family == "sam3":
+        image_processor = Sam3ImageProcessor(size=square, mask_size={"height": low_res, "width": low_res})
         return Sam3Processor(image_processor, tiny_tokenizer())
     if family in ("sam", "sam_hq"):
         image_processor = SamImageProcessor(
-            size={"longest_edge": IMAGE_SIZE},
-            pad_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+            size={"longest_edge": image_size},
+            pad_size=square,
             mask_size={"longest_edge": low_res},
             mask_pad_size={"height": low_res, "width": low_res},
         )
         return (SamHQProcessor if family == "sam_hq" else SamProcessor)(image_processor)
-    image_processor = Sam2ImageProcessor(
-        size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}, mask_size={"height": low_res, "width": low_res}
-    )
-    return Sam2Processor(image_processor)
+    return Sam2Processor(Sam2ImageProcessor(size=square, mask_size={"height": low_res, "width": low_res}))
 
 
-def tiny_model(family: str, seed: int = 0):
-    """A randomly initialised model of `family` in eval mode (the same weights for the same seed)."""
+def save_random(path: str | Path, config, processor, seed: int = 0) -> Path:
+    """Save a randomly initialised model of `config` and `processor` as a local Hugging Face directory."""
+    path = Path(path)
     torch.manual_seed(seed)
-    return AutoModel.from_config(tiny_config(family)).eval()
+    AutoModel.from_config(config).save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
 
 
 def save_tiny(path: str | Path, family: str, seed: int = 0) -> Path:
     """Save a tiny model of `family` and its processor as a local Hugging Face directory."""
-    path = Path(path)
-    tiny_model(family, seed).save_pretrained(path)
-    tiny_processor(family).save_pretrained(path)
-    return path
+    return save_random(path, tiny_config(family), tiny_processor(family), seed)
