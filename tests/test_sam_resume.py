@@ -15,6 +15,7 @@ from sam_helpers import (
     sam_command,
 )
 
+from auto_label.coco import load_coco
 from sam.__main__ import cli_main
 from sam.writer import SamMaskWriter
 
@@ -64,15 +65,34 @@ def test_a_rank_with_nothing_to_do_does_not_hang(tmp_path_factory, tmp_path):
     assert sorted(a["id"] for a in written) == sorted(a["id"] for a in json.loads(boxes.read_text())["annotations"])
 
 
+def first_image_record(boxes, labels_path) -> dict:
+    """The shard line of the input's first image, as the writer writes it, taken from a finished run's output."""
+    coco = load_coco(boxes, check_image_files=False)
+    written = {a["id"]: a for a in json.loads(labels_path.read_text())["annotations"]}
+    indices = coco.annotation_indices_by_image[coco.images[0]["id"]]
+    labels = [
+        {"index": i, "annotation": written[coco.annotations[i]["id"]]}
+        for i in indices
+        if not coco.annotations[i].get("iscrowd", 0)
+    ]
+    return {"image_pos": 0, "labels": labels}
+
+
 @pytest.mark.parametrize("change", [("--model.multimask", "single"), ("--data.max_pixels", "1000000000")])
 @needs_coco128
 def test_shards_of_a_run_with_other_settings_are_refused(change, tmp_path_factory, tmp_path):
     boxes = coco128_boxes(tmp_path / "boxes.json", num_images=2)
     out, model = tmp_path / "masks.json", model_dir(tmp_path_factory, "sam")
     cli = cli_main(predict_args(model, boxes, out))
+    reference = out.read_bytes()
     writer = writer_of(cli)
-    writer.store.write_manifest(writer.fingerprint(cli.trainer, cli.model))  # as a killed run leaves it
+    # what a run killed after its first image leaves: the manifest and that image's line
+    writer.store.write_manifest({**writer.fingerprint(cli.trainer, cli.model), "device": "cpu"})
+    writer.store.open(0)
+    writer.store.write([first_image_record(boxes, out)])
+    writer.store.close()
     with pytest.raises(ValueError, match="holds partial results of a run with different"):
         cli_main(predict_args(model, boxes, out, *change))
-    cli_main(predict_args(model, boxes, out))  # the same settings: accepted
+    summary = writer_of(cli_main(predict_args(model, boxes, out))).summary  # the same settings: resumed
+    assert summary["resumed_items"] == 1 and out.read_bytes() == reference
     cli_main(predict_args(model, boxes, out, *change, "--writer.fresh", "true"))
