@@ -324,7 +324,7 @@ class MALModule(L.LightningModule):
         """One image's crop logits pasted back into its boxes and thresholded (see `predict_image`)."""
         height, width = sample["image"].shape[1:]
         boxes, crop_boxes = sample["boxes"], sample["crop_boxes"]
-        thresholds = torch.tensor(self.mask_thresholds)[size_bucket(box_areas(boxes))]
+        thresholds = torch.tensor(self.mask_thresholds)[size_bucket(box_areas(boxes.cpu()))]
         results = []
         for i, box in enumerate(boxes.tolist()):
             if is_degenerate(box, height, width):
@@ -342,6 +342,17 @@ class MALModule(L.LightningModule):
             score = float(probs[mask].mean()) if mask.any() else 0.0
             results.append({"x0": x0, "y0": y0, "mask": mask.cpu().numpy(), "score": score, "degenerate": False})
         return results
+
+    def on_predict_start(self) -> None:
+        """fp32 on a GPU means the original's fp32 numerics: cuDNN's TF32 convolutions (PyTorch's default) are
+        turned off for the run. With them, masks on ../shared/parity/mal fell to IoU 0.9967 (H200); without,
+        1.0 (BENCHMARKS.md)."""
+        self._cudnn_tf32 = torch.backends.cudnn.allow_tf32
+        if self.device.type == "cuda" and str(self.trainer.precision) in ("32-true", "32"):
+            torch.backends.cudnn.allow_tf32 = False
+
+    def on_predict_end(self) -> None:
+        torch.backends.cudnn.allow_tf32 = self._cudnn_tf32
 
     def predict_step(self, batch: list[dict], batch_idx: int) -> list[dict]:
         """Per image: its sample's ids plus either `results` (one per box, in order) or `error`."""
