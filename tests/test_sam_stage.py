@@ -11,7 +11,8 @@ from sam_helpers import COCO128_IMAGES, coco128_boxes, model_dir, needs_coco128
 
 from auto_label.masks import segmentation_to_mask
 from gdino.__main__ import label
-from sam.stage import SPEC_SCHEMA, sam_stage, spec_problem
+from sam.spec import SPEC_SCHEMA, spec_problem
+from sam.stage import sam_stage
 
 pytestmark = needs_coco128
 TRAINER = {"accelerator": "cpu", "devices": 1, "logger": False, "enable_progress_bar": False}
@@ -77,11 +78,16 @@ def spec(**values):
 
 
 class Spec:
-    def __init__(self, config):
-        self.config = config
+    """auto_label.spec.Spec's two questions (the value of a dotted key, whether the user set it)."""
+
+    def __init__(self, config, user_keys=()):
+        self.config, self.user_keys = config, set(user_keys)
 
     def get(self, key):
         return OmegaConf.select(self.config, key)
+
+    def is_set(self, key):
+        return key in self.user_keys
 
 
 def test_spec_problems_name_the_key():
@@ -93,3 +99,5 @@ def test_spec_problems_name_the_key():
     bad = spec(mask_labeler="sam", sam={**SPEC_SCHEMA, "checkpoint": "m", "multimask": "all"})
     assert "sam.multimask must be one of best, first, single, got 'all'" in spec_problem(Spec(bad), "text2mask")
     assert "mask_labeler must be one of mal, sam" in spec_problem(Spec(spec(mask_labeler="sem")), "text2mask")
+    stray = Spec(with_sam, ["sam.inference.ann_path"])
+    assert "sam.inference.ann_path is not used by text2mask" in spec_problem(stray, "text2mask")
