@@ -3,7 +3,9 @@
 - mal: MAL turns the boxes of `mal.inference.ann_path` into masks.
 - grounding_dino: Grounding DINO labels boxes for class names or noun chunks.
 - text2mask: Grounding DINO's boxes, then MAL's mask for each of them, in one COCO file holding boxes,
-  masks, Grounding DINO's `score` and MAL's `mal_score`.
+  masks, Grounding DINO's `score` and MAL's `mal_score`; with `mask_labeler: sam`, SAM's masks and `sam_score`.
+- sam (our extension of TAO's spec): SAM, SAM-HQ, SAM 2 or EdgeTAM turns the boxes of `sam.inference.ann_path`
+  into masks, with no training (sam.stage).
 Each stage is a Lightning predict run whose writer shards results per rank and merges them exactly
 once; a stage started again after a kill resumes from its shards (see auto_label.shards).
 """
@@ -33,6 +35,7 @@ from mal.data import COCOBoxDataModule
 from mal.evaluate import evaluate_files, print_table
 from mal.module import MALModule
 from mal.writer import MaskLabelWriter
+from sam.stage import sam_stage
 
 # TAO Grounding DINO backbones -> the architectures of gdino.model (for original .pth checkpoints).
 GDINO_BACKBONES = {"swin_tiny_224_1k": "tiny", "swin_base_384_22k": "base"}
@@ -183,6 +186,28 @@ def run_mal(spec: Spec, ann_path: str, img_dir: str, fresh: bool, data_options: 
     return stage
 
 
+def run_sam(spec: Spec, ann_path: str, img_dir: str, fresh: bool, data_options: dict) -> dict:
+    """SAM (sam.stage): a mask for every box of `ann_path`; our extension of TAO's spec."""
+    out = spec.get("sam.inference.label_dump_path") or stage_dir(spec, "sam") / "labels.json"
+    stage = sam_stage(
+        spec.get("sam.checkpoint"),
+        ann_path,
+        img_dir,
+        out,
+        fresh=fresh,
+        batch_size=_setting(spec, "sam.inference.batch_size", "batch_size"),
+        num_workers=_setting(spec, "sam.inference.num_workers", "num_workers"),
+        precision=spec.get("sam.precision"),
+        multimask=spec.get("sam.multimask"),
+        boxes_per_forward=spec.get("sam.boxes_per_forward"),
+        data_options=data_options,
+    )
+    summary = _predict(spec, stage.module, stage.data, stage.writer)  # weights cast by the module: 32-true here
+    summary.update(precision=stage.module.precision_name, precision_reason=stage.module.precision_reason)
+    inputs = {"sam_checkpoint": spec.get("sam.checkpoint"), "sam_ann_path": str(ann_path), "sam_img_dir": str(img_dir)}
+    return {"name": "sam", "inputs": inputs, **summary, "output": str(out)}
+
+
 def build_gdino(spec: Spec, precision: str = "auto") -> GroundingDinoLabeler:
     checkpoint = Path(spec.get("grounding_dino.checkpoint"))
     augmentation = spec.get("grounding_dino.dataset.augmentation")
@@ -289,8 +314,12 @@ def generate(spec: Spec, fresh: bool = False, data_options: dict | None = None) 
     if kind == "mal":
         ann_path, img_dir = spec.get("mal.inference.ann_path"), spec.get("mal.inference.img_dir")
         stages.append(run_mal(spec, ann_path, img_dir, fresh, data_options))
+    if kind == "sam":
+        ann_path, img_dir = spec.get("sam.inference.ann_path"), spec.get("sam.inference.img_dir")
+        stages.append(run_sam(spec, ann_path, img_dir, fresh, data_options))
     if kind == "text2mask":  # the boxes' file names are relative to the folders' common root
-        stages.append(run_mal(spec, stages[0]["output"], stages[0]["image_root"], fresh, data_options))
+        masks = run_sam if spec.get("mask_labeler") == "sam" else run_mal
+        stages.append(masks(spec, stages[0]["output"], stages[0]["image_root"], fresh, data_options))
     if not stages[-1]["is_global_zero"]:
         return None
     shards = stages[0].pop("shards", None)
@@ -300,7 +329,8 @@ def generate(spec: Spec, fresh: bool = False, data_options: dict | None = None) 
     accelerator = stages[0]["accelerator"].removesuffix("Accelerator").lower()
     report = build_report(spec, stages, wall, stages[0]["processes"], accelerator)
     path = (
-        Path(spec.get("results_dir") or stage_dir(spec, "mal" if kind == "mal" else "grounding_dino")) / "report.json"
+        Path(spec.get("results_dir") or stage_dir(spec, kind if kind in ("mal", "sam") else "grounding_dino"))
+        / "report.json"
     )
     write_report(path, report)
     print(summary(report, path))

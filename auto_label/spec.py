@@ -17,8 +17,10 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from auto_label.images import IMAGENET_MEAN, IMAGENET_STD
+from sam.spec import SPEC_SCHEMA as SAM_SCHEMA
+from sam.spec import spec_problem as sam_problem
 
-AUTOLABEL_TYPES = ("mal", "grounding_dino", "text2mask")
+AUTOLABEL_TYPES = ("mal", "grounding_dino", "text2mask", "sam")  # sam: ours, not TAO's
 
 SCHEMA = {
     "autolabel_type": "mal",
@@ -27,6 +29,7 @@ SCHEMA = {
     "batch_size": 4,
     "num_workers": 8,
     "results_dir": "",
+    "mask_labeler": "mal",  # ours, not TAO's: text2mask's masks from mal or sam
     "mal": {
         "checkpoint": None,
         "results_dir": None,
@@ -133,6 +136,7 @@ SCHEMA = {
             },
         },
     },
+    "sam": SAM_SCHEMA,  # ours, not TAO's (sam.spec)
 }
 
 # Values whose default is None or a list of mappings are free-form; these name their allowed types.
@@ -292,7 +296,8 @@ def validate(spec: Spec) -> None:
         for key in ("checkpoint", "dataset.image_dir"):
             if not spec.get(f"grounding_dino.{key}"):
                 raise SpecError(f"{spec.source}: grounding_dino.{key} is required for autolabel_type {kind}")
-    if kind in ("mal", "text2mask") and not spec.get("mal.checkpoint"):
+    uses_mal = kind == "mal" or (kind == "text2mask" and spec.get("mask_labeler") == "mal")
+    if uses_mal and not spec.get("mal.checkpoint"):
         raise SpecError(f"{spec.source}: mal.checkpoint is required for autolabel_type {kind}")
     if kind == "mal":
         for key in ("ann_path", "img_dir"):
@@ -305,8 +310,12 @@ def validate(spec: Spec) -> None:
                     f"{spec.source}: {key} is not used by text2mask (the boxes come from Grounding DINO and the "
                     "images from grounding_dino.dataset.image_dir); remove it"
                 )
+    problem = sam_problem(spec, kind)
+    if problem:
+        raise SpecError(f"{spec.source}: {problem}")
     _validate_values(spec, kind)
-    if not (spec.get("results_dir") or spec.get("mal.results_dir") or spec.get("grounding_dino.results_dir")):
+    results = ("results_dir", "mal.results_dir", "grounding_dino.results_dir", "sam.results_dir")
+    if not any(spec.get(key) for key in results):
         raise SpecError(f"{spec.source}: results_dir is required (in the spec or as results_dir=... )")
 
 
