@@ -101,10 +101,12 @@ def test_inconsistent_specs_are_refused(tmp_path, text, message):
         load_spec(write(tmp_path, text))
 
 
-@pytest.mark.parametrize("name", ["box2seg.yaml", "text2box.yaml", "text2mask.yaml"])
+@pytest.mark.parametrize(
+    "name", ["box2seg.yaml", "text2box.yaml", "text2mask.yaml", "box2seg_sam.yaml", "text2mask_sam.yaml"]
+)
 def test_example_specs_are_valid(name):
     spec = load_spec(REPO / "configs" / "auto_label" / name)
-    assert spec.get("autolabel_type") in ("mal", "grounding_dino", "text2mask")
+    assert spec.get("autolabel_type") in ("mal", "grounding_dino", "text2mask", "sam")
 
 
 def test_command_line_shape():
