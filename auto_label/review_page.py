@@ -47,6 +47,7 @@ PAGE = """<!doctype html>
   .card figcaption { padding: 6px 8px 8px; font-size: 12.5px; }
   .card .cls { font-weight: 600; }
   .card .scores { font-variant-numeric: tabular-nums; }
+  .card .scores span { white-space: nowrap; }
   .card .file { color: var(--muted); white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }
   .card .flag, .card .missing { color: var(--bad); }
   .card .missing { height: 160px; padding: 10px; overflow: auto; background: #fbeaea; font-size: 12px; }
@@ -163,9 +164,12 @@ $sort_options
     cls.appendChild(swatch);
     cls.appendChild(document.createTextNode(item.c));
     caption.appendChild(cls);
-    var scores = data.keys.filter(function (k) { return item.s[k] !== undefined; })
-      .map(function (k) { return k + " " + item.s[k].toFixed(3); });
-    caption.appendChild(element("div", "scores", scores.join(" · ")));
+    var scores = element("div", "scores");
+    data.keys.filter(function (k) { return item.s[k] !== undefined; }).forEach(function (k, i) {
+      if (i) scores.appendChild(document.createTextNode(" · "));
+      scores.appendChild(element("span", "", k + " " + item.s[k].toFixed(3)));  // a score is never broken
+    });
+    caption.appendChild(scores);
     if (item.g) caption.appendChild(element("div", "flag", item.g.replace(/_/g, " ")));
     var file = element("div", "file", item.f);
     file.title = item.f;
