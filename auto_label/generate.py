@@ -21,9 +21,11 @@ import lightning as L
 import torch
 from omegaconf import ListConfig, OmegaConf
 
+from auto_label.console import ProgressLine
 from auto_label.evaluation import mask_truth
 from auto_label.precision import accelerator_device, resolve_dtype_name, resolve_precision
 from auto_label.report import build_report, summary, write_report
+from auto_label.review import write_review
 from auto_label.spec import IMAGENET_MEAN, IMAGENET_STD, Spec, SpecError
 from auto_label.writers import check_writable
 from gdino.data import GroundingDinoDataModule
@@ -288,7 +290,7 @@ def _predict(spec: Spec, module, data, writer, precision: str = "32-true") -> di
     trainer = L.Trainer(
         **trainer_kwargs(spec),
         precision=precision,
-        callbacks=[writer],
+        callbacks=[writer, ProgressLine()],
         default_root_dir=spec.get("results_dir") or None,
     )
     trainer.predict(module, datamodule=data, return_predictions=False)
@@ -332,6 +334,9 @@ def generate(spec: Spec, fresh: bool = False, data_options: dict | None = None) 
         Path(spec.get("results_dir") or stage_dir(spec, kind if kind in ("mal", "sam") else "grounding_dino"))
         / "report.json"
     )
+    labels = stages[-1]
+    image_dir = labels["inputs"].get(f"{labels['name']}_img_dir") or labels["image_root"]  # mal, sam; else gdino
+    report["outputs"]["review"] = str(write_review(labels["output"], image_dir, path.parent / "review", report))
     write_report(path, report)
     print(summary(report, path))
     return report

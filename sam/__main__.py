@@ -14,6 +14,7 @@ import warnings
 from lightning.pytorch.cli import LightningCLI
 
 from auto_label.cli import expand_flags, run_guarded
+from auto_label.console import configure_console, console_trainer_defaults, pop_verbose
 from auto_label.precision import accelerator_device, resolve_dtype_name
 from sam.data import SamBoxDataModule
 from sam.module import SamBoxLabeler
@@ -67,7 +68,7 @@ def run_cli(cli_class, model_class, data_class, args: list[str], prog: str, desc
         data_class,
         run=False,
         args=args,
-        trainer_defaults=TRAINER_DEFAULTS,
+        trainer_defaults={**TRAINER_DEFAULTS, **console_trainer_defaults()},
         save_config_callback=None,
         auto_configure_optimizers=False,
         seed_everything_default=False,
@@ -101,6 +102,8 @@ def cli_main(argv: list[str] | None = None) -> LightningCLI | None:
 
 
 def main() -> None:
+    sys.argv, verbose = pop_verbose(sys.argv)
+    configure_console(verbose)
     run_guarded(cli_main)
 
 
