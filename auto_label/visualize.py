@@ -118,5 +118,7 @@ def overlay_path(directory: str | Path, file_name: str, suffix: str = ".jpg") ->
 def save_rgb(path, image: np.ndarray, jpeg_quality: int = 95) -> None:
     """Write an RGB image; the format follows the extension. cv2 reports a failed write only by its
     return value: raise, so that a missing picture is not silent."""
-    if not cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality]):
+    jpeg = str(path).lower().endswith((".jpg", ".jpeg"))
+    options = [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality] if jpeg else []  # other encoders warn about the key
+    if not cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR), options):
         raise OSError(f"{path}: cannot write the image (unknown extension or unwritable folder)")
