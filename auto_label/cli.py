@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 USER_ERRORS = (ValueError, OSError)
 
@@ -36,35 +37,69 @@ def configure_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
 
-def run_guarded(main: Callable[[list[str]], None]) -> None:
-    """Call `main(sys.argv[1:])`; user-facing errors print `error: ...` and exit 2 unless `--debug` is given.
-    Ctrl-C exits 130, as shells expect, also where Lightning turns the interrupt into its own exit status 1."""
+# The signals that stop a command, and the exit status a shell reports for each (128 + its number).
+STOP_STATUS = {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (docker stop, SLURM preemption, systemd), raised where Ctrl-C raises KeyboardInterrupt: so
+    that every path that keeps the finished results on Ctrl-C (Lightning's graceful shutdown, the shard
+    writers) keeps them on SIGTERM too."""
+
+
+@contextmanager
+def stop_signals() -> Iterator[list[int]]:
+    """Within: Ctrl-C and SIGTERM raise in the main thread (KeyboardInterrupt, Terminated); yields the list
+    of signals received. A signal that is ignored (a background job's SIGINT) or handled by someone else
+    is left alone; the previous handlers are back on leaving."""
+    received: list[int] = []
+
+    def on_signal(signum, frame):
+        received.append(signum)
+        if signum == signal.SIGTERM:
+            raise Terminated("SIGTERM")
+        signal.default_int_handler(signum, frame)  # KeyboardInterrupt, as without this handler
+
+    defaults = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
+    taken = {s: signal.getsignal(s) for s, default in defaults.items() if signal.getsignal(s) is default}
+    for signum in taken:
+        signal.signal(signum, on_signal)
+    try:
+        yield received
+    finally:
+        for signum, previous in taken.items():
+            signal.signal(signum, previous)
+
+
+def run_stoppable(main: Callable[[list[str]], object], args: list[str], debug: bool, prefix: str = "error") -> int:
+    """Call `main(args)` and return the command's exit status: 0; 2 for bad input (one `prefix: ...` line, no
+    traceback unless `debug`); 130 for Ctrl-C and 143 for SIGTERM, also where Lightning turns the interrupt
+    into its own exit status 1 after its graceful shutdown."""
+    with stop_signals() as received:
+        try:
+            main(args)
+        except USER_ERRORS as e:
+            if debug:
+                raise
+            report_error(e, prefix)
+            return 2
+        except KeyboardInterrupt as e:
+            terminated = isinstance(e, Terminated)
+            print("terminated" if terminated else "interrupted", file=sys.stderr)
+            return STOP_STATUS[signal.SIGTERM if terminated else signal.SIGINT]
+        except SystemExit:
+            if received:
+                return STOP_STATUS[received[0]]
+            raise
+    return 0
+
+
+def run_guarded(main: Callable[[list[str]], object]) -> None:
+    """Run `main(sys.argv[1:])` as a command (see `run_stoppable`): `--debug` shows tracebacks; a failed or
+    stopped run exits with its status."""
     argv, debug = pop_debug(sys.argv)
     sys.argv = argv
     configure_logging()
-    interrupted = []
-
-    def on_sigint(signum, frame):
-        interrupted.append(signum)
-        signal.default_int_handler(signum, frame)  # raises KeyboardInterrupt, as without this handler
-
-    previous = signal.getsignal(signal.SIGINT)
-    if previous is signal.default_int_handler:  # not where SIGINT is ignored (a background job) or handled
-        signal.signal(signal.SIGINT, on_sigint)
-    try:
-        main(argv[1:])
-    except USER_ERRORS as e:
-        if debug:
-            raise
-        report_error(e)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
-    except SystemExit:
-        if interrupted:
-            sys.exit(130)
-        raise
-    finally:
-        if previous is signal.default_int_handler:
-            signal.signal(signal.SIGINT, previous)
+    status = run_stoppable(main, argv[1:], debug)
+    if status:
+        sys.exit(status)

@@ -10,7 +10,9 @@ attempts wrote them, and yields the records in key order, each key once; it hold
 only the start of a line whose first field is the key, as the labelers write their records.
 
 A manifest (`run.json`) records what produced the shards; a restart with other inputs or settings is
-refused instead of silently mixing two runs.
+refused instead of silently mixing two runs. Shards without one finished item are discarded when a run
+starts, manifest and all: a run that failed before its first result (a bad prompt or threshold) leaves
+nothing that blocks the corrected command.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
+from auto_label.cli import Terminated
 from auto_label.writers import atomic_write, dumps
 
 MANIFEST = "run.json"
@@ -269,19 +272,21 @@ class ShardedPredictionWriter(BasePredictionWriter):
         if stage != "predict":
             return
         trainer.predict_loop.return_predictions = False  # results go to disk, not into a list
-        if self.fresh and trainer.is_global_zero:
-            self.store.remove()
-        trainer.strategy.barrier()
-        self.resumed = self.store.done_keys()
+        self.resumed = set() if self.fresh else self.store.done_keys()  # damaged shards: every rank raises
+        trainer.strategy.barrier()  # every rank has read the same keys before the folder changes
+        if not self.resumed and trainer.is_global_zero:  # --fresh, or a run that failed before its first result
+            self.store.remove()  # (a bad prompt or threshold): nothing to resume, its manifest must not block this run
+        trainer.strategy.barrier()  # and no rank writes its manifest before that
         trainer.datamodule.predict_skip = self.resumed
         self._fingerprint = self.summary = None
         if self.resumed and trainer.is_global_zero:
             log.info("resuming: %d items already done in %s", len(self.resumed), self.store.directory)
 
     def _check_fingerprint(self, trainer, pl_module) -> None:
-        """With the weights loaded: refuse to mix these results with those of a different run."""
+        """With the weights loaded: refuse to mix these results with those of a different run. The device type
+        is part of every fingerprint: the same weights and precision compute other low bits on a GPU."""
         if self._fingerprint is None:
-            fingerprint = self.fingerprint(trainer, pl_module)
+            fingerprint = {**self.fingerprint(trainer, pl_module), "device": pl_module.device.type}
             self.store.write_manifest(fingerprint)  # every rank computes the same one; the first one stays
             self.store.check(fingerprint)
             self._fingerprint = fingerprint
@@ -337,15 +342,16 @@ class ShardedPredictionWriter(BasePredictionWriter):
         self.store.write(records)
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        """Ctrl-C or a failure: keep every finished result on disk and say how to go on."""
+        """Ctrl-C, SIGTERM or a failure: keep every finished result on disk and say how to go on."""
         try:
             self._stop_writer()  # the batch in the writer thread is finished and kept
         except Exception as e:  # the run already fails with `exception`: report this one, raise that one
             log.warning("the last batch could not be written: %s", e)
         self.store.close()
         if isinstance(exception, KeyboardInterrupt) and trainer.is_global_zero:
+            stop = "terminated (SIGTERM)" if isinstance(exception, Terminated) else "interrupted"
             print(
-                f"interrupted: the finished results are kept in {self.store.directory}; run the same command "
+                f"{stop}: the finished results are kept in {self.store.directory}; run the same command "
                 "again to resume (--fresh to start over)",
                 file=sys.stderr,
             )

@@ -2,7 +2,8 @@
 
 `label` is a LightningCLI over GroundingDinoLabeler + GroundingDinoDataModule + CocoPredictionWriter,
 so every constructor argument is an option (--model.*, --data.*, --writer.*, --trainer.*) and a YAML
---config can hold them all. Bad configuration or input ends with one error line and exit status 2.
+--config can hold them all. Bad configuration or input ends with one error line and exit status 2; Ctrl-C
+with 130 and SIGTERM with 143, the finished images kept (the same command resumes).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import warnings
 from jsonargparse import ArgumentParser
 from lightning.pytorch.cli import LightningCLI
 
-from auto_label.cli import USER_ERRORS, configure_logging, expand_flags, pop_debug, report_error
+from auto_label.cli import configure_logging, expand_flags, pop_debug, run_stoppable
 from auto_label.precision import accelerator_device, resolve_dtype_name
 from gdino.data import GroundingDinoDataModule
 from gdino.evaluate import evaluate, format_report, write_metrics
@@ -94,7 +95,8 @@ def evaluate_command(args: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run a command; bad input or configuration gives one error line and status 2 (`--debug`: traceback)."""
+    """Run a command and return its exit status: bad input or configuration gives one error line and 2
+    (`--debug`: the traceback); Ctrl-C 130 and SIGTERM 143, the finished images kept for a resume."""
     argv, debug = pop_debug(sys.argv[1:] if argv is None else argv)
     configure_logging()
     argv = expand_flags(argv)
@@ -102,14 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] not in commands:
         print(USAGE, file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
-    try:
-        commands[argv[0]](argv[1:])
-    except USER_ERRORS as e:  # GDinoError, CocoFormatError, CheckpointError, unwritable results, ...
-        if debug:
-            raise
-        report_error(e, f"gdino {argv[0]}: error")
-        return 2
-    return 0
+    # GDinoError, CocoFormatError, CheckpointError, unwritable results, ... are bad input
+    return run_stoppable(commands[argv[0]], argv[1:], debug, f"gdino {argv[0]}: error")
 
 
 if __name__ == "__main__":

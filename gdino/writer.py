@@ -24,7 +24,8 @@ from auto_label.writers import atomic_write, check_writable, dumps, write_coco
 
 
 def run_fingerprint(data, labeler) -> dict:
-    """What decides the output: the images, the vocabulary, the labeling settings and the weights."""
+    """What decides the output: the images and the pixel limit (an image over it is skipped), the vocabulary,
+    the labeling settings (reused features change scores in the low bits) and the weights."""
     items = hashlib.sha256()
     for item in data.items:
         items.update(dumps([item.image_id, item.file_name, item.prompts]).encode())
@@ -32,6 +33,7 @@ def run_fingerprint(data, labeler) -> dict:
     vocab = data.vocabulary
     return {
         "items": items.hexdigest(),
+        "max_pixels": data.max_pixels,
         "vocabulary": [vocab.prompts, vocab.prompt_class, vocab.class_names, vocab.category_ids],
         "labeling": {
             "passes": [[p.conf_threshold, p.nms_threshold] for p in labeler.passes],
@@ -40,6 +42,7 @@ def run_fingerprint(data, labeler) -> dict:
             "image_size": labeler.image_size,
             "annealing": getattr(labeler, "annealing", "requery"),
             "dtype": str(labeler.input_dtype),
+            "reuse_features": getattr(labeler, "reuse_answers", None),  # none in SAM 3 (sam.text_module)
         },
         "weights": weights_digest(labeler.model),
     }

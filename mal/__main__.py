@@ -1,8 +1,16 @@
-"""`python -m mal fit|validate|test|predict --config ...` (Lightning CLI) and `python -m mal evaluate`."""
+"""`python -m mal fit|validate|test|predict --config ...` (Lightning CLI) and `python -m mal evaluate`.
+
+One config serves every command (configs/mal/coco128_cpu.yaml). `predict` writes the labels where
+`writer.label_dump_path` says and nothing else: the config's loggers, checkpoint and learning-rate
+callbacks belong to training and are left out, so labelling with a training config makes no empty log
+version folder (runs/...) in the working directory. `validate` and `test` keep the loggers: their metrics
+are logged beside the training's, as Lightning does.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 import warnings
@@ -11,6 +19,7 @@ from typing import Literal
 
 import lightning as L
 from lightning.fabric.connector import _PRECISION_INPUT
+from lightning.pytorch.callbacks import Checkpoint, EarlyStopping, LearningRateMonitor
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
 from auto_label.cli import expand_flags, run_guarded
@@ -57,6 +66,25 @@ class LabellingTrainer(Trainer):
     purpose = "label"
 
 
+# Callbacks that only act while training (or log for it): predict leaves them out.
+TRAINING_CALLBACKS = (Checkpoint, LearningRateMonitor, EarlyStopping)
+
+
+def is_training_callback(callback) -> bool:
+    """Whether a parsed `trainer.callbacks` entry ({class_path, init_args} or an instance) is a TRAINING_CALLBACKS."""
+    if not hasattr(callback, "class_path"):
+        return isinstance(callback, TRAINING_CALLBACKS)
+    module, _, name = callback.class_path.rpartition(".")
+    return issubclass(getattr(importlib.import_module(module), name), TRAINING_CALLBACKS)
+
+
+def without_training_outputs(trainer) -> None:
+    """Predict's trainer settings: no logger (each would make an empty version folder), no training callbacks."""
+    trainer["logger"] = False
+    trainer["enable_checkpointing"] = False
+    trainer["callbacks"] = [c for c in trainer.get("callbacks") or [] if not is_training_callback(c)]
+
+
 class SaveFitConfig(SaveConfigCallback):
     """Keep the resolved config beside a fit's logs; other commands may have no log folder but the cwd."""
 
@@ -87,6 +115,8 @@ class MALCLI(LightningCLI):
             config["model"][key] = value
         if self.subcommand != "fit":
             self.trainer_class = LabellingTrainer
+        if self.subcommand == "predict":
+            without_training_outputs(config["trainer"])
         for weights in (config.get("ckpt_path"), config["model"].get("pretrained_path")):
             if weights and weights not in LIGHTNING_CKPT_NAMES and Path(weights).is_file():
                 for key, value in with_architecture(config["model"].as_dict(), weights).items():

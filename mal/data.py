@@ -53,6 +53,18 @@ def trainable_annotations(coco: CocoFile, min_obj_size: float, max_obj_size: flo
     return keep
 
 
+def decode_record_image(coco: CocoFile, image_info: dict, max_pixels: int | None) -> np.ndarray:
+    """The upright image of an annotation file's record, or ImageDecodeError: also when its decoded size is
+    not the record's width x height, since the boxes were then drawn on another version of the image (a
+    resized export, an unapplied EXIF rotation) and would cut the wrong pixels, in training as in labelling."""
+    image = decode_image(coco.image_path(image_info), max_pixels)
+    height, width = image.shape[:2]
+    if (height, width) != (image_info["height"], image_info["width"]):
+        recorded = f"{image_info['width']}x{image_info['height']}"
+        raise ImageDecodeError(f"decoded image is {width}x{height} but the annotation file says {recorded}")
+    return image
+
+
 class BoxCropDataset(Dataset):
     """One training sample per box: clean and augmented crops, the box mask inside the crop."""
 
@@ -75,7 +87,7 @@ class BoxCropDataset(Dataset):
         ann = self.coco.annotations[self.indices[i]]
         image_info = self.coco.images_by_id[ann["image_id"]]
         try:
-            image = decode_image(self.coco.image_path(image_info), self.max_pixels)
+            image = decode_record_image(self.coco, image_info, self.max_pixels)
         except ImageDecodeError as e:  # counted and reported by the DataModule (this may run in a worker)
             return {"skipped": {"image_id": image_info["id"], "file_name": image_info["file_name"], "reason": str(e)}}
         rng = np.random.default_rng([torch.initial_seed() % 2**32, i])
@@ -175,16 +187,10 @@ class ImageBoxesDataset(Dataset):
             "ann_indices": indices,
         }
         try:
-            image = decode_image(self.coco.image_path(image_info), self.max_pixels)
+            image = decode_record_image(self.coco, image_info, self.max_pixels)
         except ImageDecodeError as e:
             return {**sample, "error": str(e)}
         height, width = image.shape[:2]
-        if (height, width) != (image_info["height"], image_info["width"]):
-            return {
-                **sample,
-                "error": f"decoded image is {width}x{height} but the annotation file says "
-                f"{image_info['width']}x{image_info['height']}",
-            }
         boxes = [clip_box(xywh_to_xyxy(a["bbox"]), width, height) for a in anns]  # the writer flags clipped ones
         sample.update(box_crops(image, boxes, self.margins, self.crop_size))
         sample["category_ids"] = torch.tensor([a["category_id"] for a in anns], dtype=torch.int64)
@@ -222,9 +228,9 @@ class COCOBoxDataModule(L.LightningDataModule):
         max_pixels: images larger than this are refused (decompression-bomb guard).
         allow_outside_image_dir: accept file names that lead outside the image folder (`../`, absolute
             paths, links to elsewhere); refused by default (`--allow-outside-image-dir`).
-        strict: stop at the first image that cannot be read instead of skipping and listing it
-            (`--strict`). Without it, prediction lists skipped images in errors.jsonl, and fit and
-            validation count them and list them in errors.jsonl in the log folder.
+        strict: stop at the first image that cannot be read, or whose decoded size is not its record's,
+            instead of skipping and listing it (`--strict`). Without it, prediction lists skipped images in
+            errors.jsonl, and fit and validation count them and list them in errors.jsonl in the log folder.
     """
 
     def __init__(

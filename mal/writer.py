@@ -59,6 +59,8 @@ def labelled_annotations(coco: CocoFile, ann_indices: list[int], size, results) 
     return records
 
 
+# Model options that only cut the work in pieces; the output is the same whatever their value.
+WORK_SPLIT = ("max_boxes_per_forward",)
 FLAG_COUNTS = {"degenerate_box": "degenerate_boxes", "clipped_box": "clipped_boxes", "outside_image": "outside_boxes"}
 
 
@@ -92,15 +94,16 @@ class MaskLabelWriter(ShardedPredictionWriter):
         super().setup(trainer, pl_module, stage)
 
     def fingerprint(self, trainer, pl_module) -> dict:
-        """What decides the output: input file, images, prediction settings, precision and weights (not the batch
-        size or the number of processes: a box's mask does not depend on its batch, tests/test_mal_packing.py)."""
+        """What decides the output: input file, images, prediction settings, precision and weights; not how the
+        work is cut (images per batch, boxes per forward, processes): a box's mask and score do not depend on
+        it (tests/test_output_independence.py), so a resumed run may cut it otherwise."""
         data = trainer.datamodule
         return {
             "precision": str(trainer.precision),
             "input": file_digest(data.predict_coco.path),
             "image_dir": str(data.predict_coco.image_dir.resolve()),
             "data": {k: data.hparams[k] for k in ("crop_size", "test_margin_rate", "max_pixels")},
-            "model": {k: v for k, v in pl_module.hparams.items() if not k.startswith("_")},
+            "model": {k: v for k, v in pl_module.hparams.items() if not k.startswith("_") and k not in WORK_SPLIT},
             "weights": weights_digest(pl_module),
         }
 

@@ -12,7 +12,6 @@ from conftest import REPO
 from gdino_helpers import needs_vocab
 
 from auto_label.__main__ import cli
-from auto_label.masks import mask_iou, segmentation_to_mask
 from auto_label.sharding import ExactShardSampler
 
 
@@ -45,17 +44,9 @@ def test_two_processes_write_what_one_writes(assets, tmp_path):
     report = json.loads((tmp_path / "two" / "report.json").read_text())
     assert report["processes"] == 2 and report["counts"] == one["counts"]
 
-    boxes = [(tmp_path / d / "grounding_dino" / "labels.json").read_bytes() for d in ("one", "two")]
-    assert boxes[0] == boxes[1]
-    a, b = (json.loads((tmp_path / d / "mal" / "labels.json").read_text()) for d in ("one", "two"))
-    assert a["images"] == b["images"]
-    assert [x["id"] for x in a["annotations"]] == [x["id"] for x in b["annotations"]]
-    sizes = {im["id"]: (im["height"], im["width"]) for im in a["images"]}
-    for x, y in zip(a["annotations"], b["annotations"]):
-        assert x["bbox"] == y["bbox"] and x["score"] == y["score"]
-        shape = sizes[x["image_id"]]
-        mx, my = segmentation_to_mask(x["segmentation"], *shape), segmentation_to_mask(y["segmentation"], *shape)
-        assert (not mx.any() and not my.any()) or mask_iou(mx, my) >= 0.999
+    for stage in ("grounding_dino", "mal"):  # byte for byte: no output depends on the processes
+        produced = [(tmp_path / d / stage / "labels.json").read_bytes() for d in ("one", "two")]
+        assert produced[0] == produced[1], stage
 
 
 def test_a_rank_with_nothing_to_do_does_not_hang(assets, tmp_path):

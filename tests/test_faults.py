@@ -7,7 +7,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -15,6 +14,7 @@ import torch
 from auto_label_helpers import big_boxes_file, mal_spec, mal_spec_dict, tiny_assets, write_spec
 from bad_inputs import run_command
 from conftest import REPO, TINY_MAL_ARGS
+from test_resume import generate_command, shard_lines, stop_when_shards_have
 
 import auto_label.__main__
 import gdino.__main__
@@ -34,7 +34,14 @@ def assets(tmp_path_factory):
     return tiny_assets(tmp_path_factory)
 
 
-def test_ctrl_c_keeps_finished_images_and_the_run_resumes(assets, tmp_path):
+@pytest.mark.parametrize(
+    "signum, status, stop",
+    [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated (SIGTERM)")],
+    ids=["ctrl_c", "sigterm"],
+)
+def test_a_stop_signal_keeps_finished_images_and_the_run_resumes(assets, tmp_path, signum, status, stop):
+    """Ctrl-C, and SIGTERM as docker stop, SLURM preemption and systemd send it, stop `generate` within the
+    image it works on (one a batch here); the same command then labels the rest, to the uninterrupted file."""
     ann, images = big_boxes_file(tmp_path, num_images=6, seed=1)
 
     def spec(name):
@@ -42,23 +49,13 @@ def test_ctrl_c_keeps_finished_images_and_the_run_resumes(assets, tmp_path):
 
     run = spec("run")
     shards = tmp_path / "run" / ".labels.json.shards"
-    command = [sys.executable, "-m", "auto_label", "generate", "-e", str(run)]
-    proc = subprocess.Popen(command, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 120
-        while not any(p.stat().st_size for p in shards.glob("rank*.jsonl")):
-            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
-            time.sleep(0.01)
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 130 and "Traceback" not in err
-    assert "interrupted: the finished results are kept in" in err and "run the same command again to resume" in err
+    stopped = stop_when_shards_have(generate_command(run), shards, 1, signum)
+    assert stopped.status == status and "Traceback" not in stopped.stderr
+    assert f"{stop}: the finished results are kept in" in stopped.stderr
+    assert "run the same command again to resume" in stopped.stderr
     assert not (tmp_path / "run" / "labels.json").exists()
-    done = sum(p.read_text().count("\n") for p in shards.glob("rank*.jsonl"))
-    assert 1 <= done < 6
+    done = shard_lines(shards)
+    assert stopped.done <= done <= stopped.done + 1 < 6  # the image under way at the signal, at most
 
     report = cli(["generate", "-e", str(run)])
     assert report["counts"]["resumed_items"] == done and report["images_this_run"] == 6 - done
@@ -228,3 +225,29 @@ def test_mal_prediction_survives_an_out_of_memory_forward(assets):
     assert len(results) == len(reference)
     for got, want in zip(results, reference):
         assert (got["x0"], got["y0"]) == (want["x0"], want["y0"]) and np.array_equal(got["mask"], want["mask"])
+
+
+# ------------------------------------------------------------------------------------------ image sizes
+def test_mal_fit_skips_and_lists_an_image_whose_size_is_not_its_records(assets, tmp_path, capsys, monkeypatch):
+    """As predict does: boxes drawn on another version of an image (a resized export) would train on the wrong
+    pixels. Without --strict the image is skipped and listed; with it, fit stops with exit status 2."""
+    data = json.loads(assets["boxes"].read_text())
+    data["annotations"] = [{k: v for k, v in a.items() if k != "segmentation"} for a in data["annotations"]]
+    data["images"][1]["width"] = 100  # the file is 128 wide
+    train = tmp_path / "train.json"
+    train.write_text(json.dumps(data))
+    boxes = sum(a["image_id"] == data["images"][1]["id"] for a in data["annotations"])
+    argv = [
+        *("mal", "fit", *TINY_MAL_ARGS, "--data.train_ann_path", str(train)),
+        *("--data.train_img_dir", str(assets["images"]), "--trainer.max_epochs", "1", "--trainer.logger", "false"),
+        f"--trainer.default_root_dir={tmp_path}",
+    ]
+    code, err = run_command(mal.__main__.main, argv, capsys, monkeypatch)
+    assert code == 0, err
+    (error,) = [json.loads(line) for line in (tmp_path / "errors.jsonl").read_text().splitlines()]
+    assert error["file_name"] == data["images"][1]["file_name"] and error["boxes_skipped"] == boxes
+    assert error["reason"] == "decoded image is 128x96 but the annotation file says 100x96"
+
+    code, err = run_command(mal.__main__.main, [*argv, "--strict"], capsys, monkeypatch)
+    assert code == 2 and "Traceback" not in err
+    assert f"--strict: {data['images'][1]['file_name']}: decoded image is 128x96" in err

@@ -4,7 +4,11 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from auto_label_helpers import big_boxes_file, mal_spec, text2mask_spec, tiny_assets, write_spec
@@ -14,32 +18,53 @@ from gdino_helpers import needs_vocab
 from auto_label.__main__ import cli
 from auto_label.shards import ShardError, ShardStore
 
+ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
+
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
     return tiny_assets(tmp_path_factory)
 
 
-def kill_when_shards_have(spec, shard_dir, lines: int) -> int:
-    """Start the real command, SIGKILL it once its shards hold `lines` finished images; return that count."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "auto_label", "generate", "-e", str(spec)]
-    proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 240
-    try:
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, "the run finished before it could be killed"
-            done = sum(p.read_bytes().count(b"\n") for p in shard_dir.glob("rank*.jsonl"))
-            if done >= lines:
-                proc.send_signal(signal.SIGKILL)
+@dataclass
+class Stopped:
+    done: int  # the progress (finished items in the shards) when the signal was sent
+    status: int  # the exit status (minus the signal's number: killed by it)
+    stderr: str
+
+
+def shard_lines(shard_dir: Path) -> int:
+    return sum(p.read_bytes().count(b"\n") for p in shard_dir.glob("rank*.jsonl"))
+
+
+def stop_when(command: list[str], progress: Callable[[], int], at_least: int, signum: int) -> Stopped:
+    """Start the real command (one torch thread), send it `signum` once `progress()` reaches `at_least`, and wait
+    for it to end. stderr goes to a file: a pipe nobody reads while polling could fill and stall the command."""
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(command, cwd=REPO, env=ONE_THREAD, stdout=subprocess.DEVNULL, stderr=err)
+        deadline = time.monotonic() + 240
+        try:
+            while (done := progress()) < at_least:
+                assert proc.poll() is None, "the run finished before it could be stopped"
+                assert time.monotonic() < deadline, "the run made no progress"
+                time.sleep(0.005)
+            proc.send_signal(signum)
+            status = proc.wait(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
                 proc.wait()
-                return done
-            time.sleep(0.005)
-        pytest.fail("no results appeared in the shards")
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        err.seek(0)
+        return Stopped(done, status, err.read().decode(errors="replace"))
+
+
+def stop_when_shards_have(command: list[str], shard_dir: Path, lines: int, signum: int = signal.SIGKILL) -> Stopped:
+    """`stop_when` the command's shards hold `lines` finished items."""
+    return stop_when(command, lambda: shard_lines(shard_dir), lines, signum)
+
+
+def generate_command(spec: Path) -> list[str]:
+    return [sys.executable, "-m", "auto_label", "generate", "-e", str(spec)]
 
 
 def test_killed_mal_run_resumes_to_the_uninterrupted_output(assets, tmp_path):
@@ -50,7 +75,7 @@ def test_killed_mal_run_resumes_to_the_uninterrupted_output(assets, tmp_path):
 
     cli(["generate", "-e", str(spec("reference"))])
     killed = spec("killed")
-    done = kill_when_shards_have(killed, tmp_path / "killed" / ".labels.json.shards", 2)
+    done = stop_when_shards_have(generate_command(killed), tmp_path / "killed" / ".labels.json.shards", 2).done
     assert 2 <= done < 16 and not (tmp_path / "killed" / "labels.json").exists()
 
     report = cli(["generate", "-e", str(killed)])  # the same command again
@@ -65,7 +90,7 @@ def test_killed_text2mask_run_resumes_and_fresh_starts_over(assets, tmp_path):
     cli(["generate", "-e", str(write_spec(tmp_path / "ref.yaml", text2mask_spec(assets, tmp_path / "ref")))])
     spec = write_spec(tmp_path / "run.yaml", text2mask_spec(assets, tmp_path / "run"))
     shard_dir = tmp_path / "run" / "grounding_dino" / ".labels.json.shards"
-    done = kill_when_shards_have(spec, shard_dir, 3)
+    done = stop_when_shards_have(generate_command(spec), shard_dir, 3).done
     assert done < 16
     with (shard_dir / "rank00000.jsonl").open("a") as f:
         f.write('{"index": 15, "file_name": "trai')  # what a kill in the middle of a write leaves
