@@ -47,10 +47,10 @@ def configure_console(verbose: bool) -> None:
     """Without `verbose`: Lightning's INFO lines (its tips among them) and the warnings of every module but
     ours are not shown; Lightning's own warnings that go through logging still are. With `verbose`, all is
     shown as the libraries mean it."""
+    for name in LIGHTNING_LOGGERS:  # INFO is the level Lightning sets for itself when imported
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
     if verbose:
         return
-    for name in LIGHTNING_LOGGERS:
-        logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore")
     warnings.filterwarnings("default", module=OUR_MODULES)  # inserted first, so it wins for our modules
     if not sys.stderr.isatty():

@@ -15,6 +15,7 @@ from jsonargparse import ArgumentParser
 from lightning.pytorch.cli import LightningCLI
 
 from auto_label.cli import configure_logging, expand_flags, pop_debug, run_stoppable
+from auto_label.console import configure_console, console_trainer_defaults, pop_verbose
 from auto_label.precision import accelerator_device, resolve_dtype_name
 from gdino.data import GroundingDinoDataModule
 from gdino.evaluate import evaluate, format_report, write_metrics
@@ -71,7 +72,7 @@ def label(args: list[str]) -> None:
         GroundingDinoDataModule,
         run=False,
         args=args,
-        trainer_defaults=TRAINER_DEFAULTS,
+        trainer_defaults={**TRAINER_DEFAULTS, **console_trainer_defaults()},
         save_config_callback=None,
         auto_configure_optimizers=False,
         seed_everything_default=False,
@@ -98,7 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     """Run a command and return its exit status: bad input or configuration gives one error line and 2
     (`--debug`: the traceback); Ctrl-C 130 and SIGTERM 143, the finished images kept for a resume."""
     argv, debug = pop_debug(sys.argv[1:] if argv is None else argv)
+    argv, verbose = pop_verbose(argv)
     configure_logging()
+    configure_console(verbose)
     argv = expand_flags(argv)
     commands = {"label": label, "evaluate": evaluate_command}
     if not argv or argv[0] not in commands:

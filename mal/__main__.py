@@ -23,6 +23,7 @@ from lightning.pytorch.callbacks import Checkpoint, EarlyStopping, LearningRateM
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
 from auto_label.cli import expand_flags, run_guarded
+from auto_label.console import configure_console, console_trainer_defaults, pop_verbose
 from auto_label.precision import accelerator_device, resolve_precision
 from auto_label.weights import load_weights
 from mal.checkpoint import CheckpointError, with_architecture
@@ -166,10 +167,13 @@ def cli_main(argv: list[str] | None = None) -> MALCLI | None:
         args=expand_flags(args),
         save_config_callback=SaveFitConfig,
         save_config_kwargs={"overwrite": True},
+        trainer_defaults=console_trainer_defaults(),
     )
 
 
 def main() -> None:
+    sys.argv, verbose = pop_verbose(sys.argv)
+    configure_console(verbose)
     run_guarded(cli_main)
 
 

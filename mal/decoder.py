@@ -50,11 +50,17 @@ class MaskDecoder(nn.Module):
             self.scales = (1.0, 1.0, 1.0)
 
     def values(self, features: torch.Tensor) -> torch.Tensor:
+        """B x C x h x w -> B x out_channels x 2h x 2w, each box's values independent of its batch: on a CPU
+        PyTorch convolves a single small map (under 20480 values) with its native kernel, and a non-contiguous
+        map (the ViT's tokens, channels-last) on another oneDNN path; so one box runs as two (itself twice) and
+        the features are made contiguous (tests/test_output_independence.py)."""
+        single = features.shape[0] == 1
+        features = features.repeat(2, 1, 1, 1) if single else features.contiguous()
         for i, conv in enumerate(self.value_convs):
             if i == len(self.value_convs) - 1:
                 features = F.interpolate(features, scale_factor=2.0, mode="bilinear", align_corners=False)
             features = conv(features)
-        return features
+        return features[:1] if single else features
 
     def keys(self, pooled: torch.Tensor) -> torch.Tensor:
         """B x C pooled features -> B x out_channels keys: `key_mlp`, with each Linear summed box by box in a

@@ -64,13 +64,6 @@ def reference(crowded, tmp_path_factory) -> bytes:
     return labels
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="mal/decoder.py MaskDecoder.values: on a CPU PyTorch convolves one small map (under 20480 values) with "
-    "its native kernel and a non-contiguous feature map (the ViT's tokens as channels-last) with another oneDNN "
-    "path than a contiguous one, so the value convs of a box alone (or alone in its size bucket) differ in the "
-    "last bits; the fix: convolve a batch of one as two (the box twice) and make the features contiguous",
-)
 def test_mal_logits_of_a_box_do_not_depend_on_its_batch(crowded):
     """The files are rounded (scores to 5 decimals, masks at a threshold), which hides a last-bit difference on a
     dozen images but not on thousands: the logits themselves must be equal, bit for bit."""
