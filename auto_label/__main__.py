@@ -6,10 +6,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from auto_label.cli import run_guarded
-from auto_label.images import DEFAULT_MAX_PIXELS
-from auto_label.jsonfile import read_json_object
 from auto_label.review import DEFAULT_MAX_LABELS, find_report, write_review
+from labelkit.cli import run_guarded
+from labelkit.images import DEFAULT_MAX_PIXELS
+from labelkit.jsonfile import read_json_object
 
 EPILOG = """examples:
   auto_label generate -e configs/auto_label/box2seg.yaml results_dir=out/ num_gpus=2
@@ -88,6 +88,11 @@ def add_review_parser(commands) -> None:
         default=DEFAULT_MAX_LABELS,
         help=f"gallery size: this many labels, most likely wrong first (default {DEFAULT_MAX_LABELS})",
     )
+    review.add_argument(
+        "--allow-outside-image-dir",
+        action="store_true",
+        help="accept image file names (and links) that lead outside the image folder, as the run did",
+    )
 
 
 def review(args: argparse.Namespace) -> None:
@@ -97,7 +102,15 @@ def review(args: argparse.Namespace) -> None:
     labels = Path(args.labels)
     report = read_json_object(args.report, ValueError, "a run report") if args.report else find_report(labels)
     out = Path(args.out) if args.out else labels.parent / "review"
-    page = write_review(labels, args.images, out, report=report, gt_path=args.gt, max_labels=args.max_labels)
+    page = write_review(
+        labels,
+        args.images,
+        out,
+        report=report,
+        gt_path=args.gt,
+        max_labels=args.max_labels,
+        allow_outside_image_dir=args.allow_outside_image_dir,
+    )
     print(f"review: {page.resolve()}")
 
 
@@ -110,7 +123,7 @@ def cli(argv: list[str]) -> dict | None:
     from auto_label.spec import load_spec
 
     spec = load_spec(args.experiment_spec_file, args.overrides)
-    from auto_label.console import configure_console  # imports Lightning: after the spec is found valid
+    from labelkit.console import configure_console  # imports Lightning: after the spec is found valid
 
     configure_console(args.verbose)
     from auto_label.generate import generate

@@ -7,7 +7,7 @@
 - sam (our extension of TAO's spec): SAM, SAM-HQ, SAM 2 or EdgeTAM turns the boxes of `sam.inference.ann_path`
   into masks, with no training (sam.stage).
 Each stage is a Lightning predict run whose writer shards results per rank and merges them exactly
-once; a stage started again after a kill resumes from its shards (see auto_label.shards).
+once; a stage started again after a kill resumes from its shards (see labelkit.shards).
 """
 
 from __future__ import annotations
@@ -21,16 +21,16 @@ import lightning as L
 import torch
 from omegaconf import ListConfig, OmegaConf
 
-from auto_label.console import ProgressLine
-from auto_label.evaluation import mask_truth
-from auto_label.precision import accelerator_device, resolve_dtype_name, resolve_precision
 from auto_label.report import build_report, summary, write_report
 from auto_label.review import write_review
 from auto_label.spec import IMAGENET_MEAN, IMAGENET_STD, Spec, SpecError
-from auto_label.writers import check_writable
 from gdino.data import GroundingDinoDataModule
 from gdino.module import GroundingDinoLabeler
 from gdino.writer import CocoPredictionWriter
+from labelkit.console import ProgressLine
+from labelkit.evaluation import mask_truth
+from labelkit.precision import accelerator_device, resolve_dtype_name, resolve_precision
+from labelkit.writers import check_writable
 from mal.backbone import ARCH_ALIASES
 from mal.checkpoint import describe_checkpoint, load_pretrained, with_architecture
 from mal.data import COCOBoxDataModule
@@ -62,7 +62,7 @@ def accelerator() -> str:
 
 def mal_precision(spec: Spec) -> tuple[str, str]:
     """(Lightning precision, reason) of the MAL stage. TAO's `mal.train.use_amp` (default true) means mixed
-    precision where the hardware computes it fast: `precision: auto` (auto_label.precision); false: fp32."""
+    precision where the hardware computes it fast: `precision: auto` (labelkit.precision); false: fp32."""
     if not spec.get("mal.train.use_amp"):
         return "32-true", "mal.train.use_amp is false"
     return resolve_precision("auto", accelerator_device(accelerator()), purpose="label")
@@ -336,7 +336,9 @@ def generate(spec: Spec, fresh: bool = False, data_options: dict | None = None) 
     )
     labels = stages[-1]
     image_dir = labels["inputs"].get(f"{labels['name']}_img_dir") or labels["image_root"]  # mal, sam; else gdino
-    report["outputs"]["review"] = str(write_review(labels["output"], image_dir, path.parent / "review", report))
+    outside = data_options.get("allow_outside_image_dir", False)
+    review = write_review(labels["output"], image_dir, path.parent / "review", report, allow_outside_image_dir=outside)
+    report["outputs"]["review"] = str(review)
     write_report(path, report)
     print(summary(report, path))
     return report

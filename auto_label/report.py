@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from auto_label.precision import cpu_label
-from auto_label.writers import atomic_write
+from labelkit.precision import cpu_label
+from labelkit.writers import atomic_write
 
 PACKAGES = ("auto-label", "torch", "lightning", "transformers", "timm", "omegaconf")
 

@@ -25,13 +25,13 @@ from urllib.parse import quote
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from auto_label.coco import CocoFile, CocoFormatError, load_coco
-from auto_label.images import ImageDecodeError, decode_image
-from auto_label.jsonfile import read_json_object, read_jsonl_objects
-from auto_label.masks import instance_rle, segmentation_to_mask, segmentation_to_rle
 from auto_label.review_page import PAGE
-from auto_label.visualize import color, draw_overlay, label_thumbnail, overlay_path, resize_image, resize_mask, save_rgb
-from auto_label.writers import atomic_write
+from labelkit.coco import CocoFile, CocoFormatError, load_coco
+from labelkit.images import ImageDecodeError, decode_image
+from labelkit.jsonfile import read_json_object, read_jsonl_objects
+from labelkit.masks import instance_rle, segmentation_to_mask, segmentation_to_rle
+from labelkit.visualize import color, draw_overlay, label_thumbnail, overlay_path, resize_image, resize_mask, save_rgb
+from labelkit.writers import atomic_write
 
 # The labelers' confidence fields, in the order the default sort prefers: a mask labeler's own score first
 # (text2mask files hold both MAL's `mal_score` and Grounding DINO's box `score`).
@@ -175,8 +175,16 @@ def find_report(labels_path: str | Path) -> dict | None:
     return None
 
 
-def gather(labels_path: Path, image_dir, report: dict | None, gt_path, max_labels: int) -> Review:
-    coco = load_coco(labels_path, image_dir, require_annotations=False, allow_missing_images=True)
+def gather(
+    labels_path: Path, image_dir, report: dict | None, gt_path, max_labels: int, allow_outside_image_dir: bool = False
+) -> Review:
+    coco = load_coco(
+        labels_path,
+        image_dir,
+        require_annotations=False,
+        allow_missing_images=True,
+        allow_outside_image_dir=allow_outside_image_dir,
+    )
     items = collect_items(coco)
     if gt_path is not None:
         add_ious(items, gt_path)
@@ -497,15 +505,17 @@ def write_review(
     gt_path: str | Path | None = None,
     max_labels: int = DEFAULT_MAX_LABELS,
     workers: int | None = None,
+    allow_outside_image_dir: bool = False,
 ) -> Path:
     """Write the review of `labels_path` (images in `image_dir`) into `out_dir`; returns its index.html.
 
     `report` is the run's report (auto_label.report), for the summary's speed, memory and skipped images;
+    `allow_outside_image_dir` as the run that made the labels had it;
     `gt_path` a ground-truth COCO file, to sort by IoU with it. The gallery holds the `max_labels` labels
     most likely wrong; the histograms and counts hold every label.
     """
     labels_path, out_dir = Path(labels_path), Path(out_dir)
-    review = gather(labels_path, image_dir, report, gt_path, max_labels)
+    review = gather(labels_path, image_dir, report, gt_path, max_labels, allow_outside_image_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     render_pictures(review, out_dir, workers)
     histograms = write_histograms(review, out_dir)

@@ -16,7 +16,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from auto_label.images import IMAGENET_MEAN, IMAGENET_STD
+from labelkit.images import IMAGENET_MEAN, IMAGENET_STD
 from sam.spec import SPEC_SCHEMA as SAM_SCHEMA
 from sam.spec import spec_problem as sam_problem
 
@@ -61,7 +61,7 @@ SCHEMA = {
             "num_epochs": 10,
             "batch_size": 3,
             "accum_grad_batches": 1,
-            # true: mixed precision where the hardware computes it fast (`precision: auto`, auto_label.precision:
+            # true: mixed precision where the hardware computes it fast (`precision: auto`, labelkit.precision:
             # bf16 on GPUs with bf16 and CPUs with AVX512-BF16 / AMX, fp16 on other GPUs, fp32 on other CPUs);
             # false: fp32. `generate` applies it to the MAL stage; Grounding DINO always takes auto.
             "use_amp": True,

@@ -38,12 +38,12 @@ from transformers import (
     GroundingDinoProcessor,
 )
 
-from auto_label.precision import cpu_label, resolve_dtype_name
-from auto_label.synthetic import make_synthetic_coco
 from gdino.data import GroundingDinoDataModule
 from gdino.model import idea_config, small_config
 from gdino.module import GroundingDinoLabeler
 from gdino.schedule import Pass
+from labelkit.precision import cpu_label, resolve_dtype_name
+from labelkit.synthetic import make_synthetic_coco
 
 REPO = Path(__file__).resolve().parents[1]
 VOCAB_DIR = REPO.parent / "shared" / "models" / "bert-base-uncased"

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from auto_label.cli import configure_logging
-from auto_label.precision import cpu_label
+from labelkit.cli import configure_logging
+from labelkit.precision import cpu_label
 from mal.__main__ import cli_main
 from mal.evaluate import evaluate_files, print_table, write_box_fill
 

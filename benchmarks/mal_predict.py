@@ -9,7 +9,7 @@ random weights (seed 1234): speed does not depend on the weights. Our path is th
 (Lightning `trainer.predict` with the MaskLabelWriter, data loading in a worker) in the precision `auto` chooses,
 as the config does: bf16-mixed on a CPU with AVX512-BF16 / AMX, 32-true on others (`--precision` overrides).
 The output names the CPU capability and that precision beside every number.
-Data: ../shared/data/coco128 (skipped with a message when absent) and a synthetic set (auto_label.synthetic).
+Data: ../shared/data/coco128 (skipped with a message when absent) and a synthetic set (labelkit.synthetic).
 Prints Markdown tables for BENCHMARKS.md and writes results.json.
 """
 
@@ -32,10 +32,10 @@ import yaml
 from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
-from auto_label.coco import load_coco
-from auto_label.masks import mask_iou, mask_to_rle, segmentation_to_mask
-from auto_label.precision import DTYPE_NAMES, cpu_label, resolve_precision
-from auto_label.synthetic import make_synthetic_coco
+from labelkit.coco import load_coco
+from labelkit.masks import mask_iou, mask_to_rle, segmentation_to_mask
+from labelkit.precision import DTYPE_NAMES, cpu_label, resolve_precision
+from labelkit.synthetic import make_synthetic_coco
 from mal.crops import expand_box, fixed_margins, xywh_to_xyxy
 from mal.data import COCOBoxDataModule
 from mal.decoder import size_bucket

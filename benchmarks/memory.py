@@ -24,9 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from gdino_label import VOCAB_DIR, save_model  # noqa: E402
 
-from auto_label.precision import cpu_label, resolve_dtype_name, resolve_precision  # noqa: E402
-from auto_label.synthetic import make_synthetic_coco  # noqa: E402
 from gdino.model import small_config  # noqa: E402
+from labelkit.precision import cpu_label, resolve_dtype_name, resolve_precision  # noqa: E402
+from labelkit.synthetic import make_synthetic_coco  # noqa: E402
 
 WRAPPER = """
 import json, resource, runpy, sys, time

@@ -35,9 +35,9 @@ from transformers import (
     TimmWrapperConfig,
 )
 
-from auto_label.images import decode_image
-from auto_label.precision import cpu_label
 from gdino.data import GroundingDinoDataModule
+from labelkit.images import decode_image
+from labelkit.precision import cpu_label
 from mal.crops import xywh_to_xyxy
 from sam.stage import sam_stage
 from sam.text_module import Sam3Labeler

@@ -14,13 +14,13 @@ import warnings
 from jsonargparse import ArgumentParser
 from lightning.pytorch.cli import LightningCLI
 
-from auto_label.cli import configure_logging, expand_flags, pop_debug, run_stoppable
-from auto_label.console import configure_console, console_trainer_defaults, pop_verbose
-from auto_label.precision import accelerator_device, resolve_dtype_name
 from gdino.data import GroundingDinoDataModule
 from gdino.evaluate import evaluate, format_report, write_metrics
 from gdino.module import GroundingDinoLabeler
 from gdino.writer import CocoPredictionWriter
+from labelkit.cli import configure_logging, expand_flags, pop_debug, run_stoppable
+from labelkit.console import configure_console, console_trainer_defaults, pop_verbose
+from labelkit.precision import accelerator_device, resolve_dtype_name
 
 USAGE = """usage: python -m gdino {label,evaluate} ...
 

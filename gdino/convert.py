@@ -12,8 +12,8 @@ from pathlib import Path
 
 import torch
 
-from auto_label.weights import load_weights
 from gdino.errors import GDinoError
+from labelkit.weights import load_weights
 
 SWIN = "model.backbone.conv_encoder.model."
 BLOCK = "backbone.0.layers.{}.blocks.{}."

@@ -21,11 +21,11 @@ import yaml
 from PIL import Image, ImageFile
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from auto_label.coco import CocoFormatError, load_coco, resolve_image_path
-from auto_label.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
-from auto_label.jsonfile import read_jsonl_objects
 from gdino.errors import GDinoError
 from gdino.prompts import sanitize_each, sanitize_name, sanitize_names, warn_list_like
+from labelkit.coco import CocoFormatError, load_coco, resolve_image_path
+from labelkit.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
+from labelkit.jsonfile import read_jsonl_objects
 
 _EXIF_ORIENTATION = 0x0112
 _SIZE_ONLY_FORMATS = {"MPEG"}  # Pillow reads their size but has no decoder for their pixels

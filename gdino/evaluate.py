@@ -13,8 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from auto_label.coco import load_coco, read_json, validate_coco
-from auto_label.evaluation import (
+from gdino.errors import GDinoError
+from gdino.prompts import sanitize_name
+from labelkit.coco import load_coco, read_json, validate_coco
+from labelkit.evaluation import (
     CROWD,
     UNKNOWN_CLASS,
     UNKNOWN_IMAGE,
@@ -24,9 +26,7 @@ from auto_label.evaluation import (
     run_cocoeval,
     truth_record,
 )
-from auto_label.writers import atomic_write
-from gdino.errors import GDinoError
-from gdino.prompts import sanitize_name
+from labelkit.writers import atomic_write
 
 SUMMARY = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 

@@ -16,14 +16,14 @@ import lightning as L
 import torch
 from torchvision.ops import batched_nms, box_convert
 
-from auto_label.oom import map_chunks
-from auto_label.precision import accelerator_device, resolve_dtype_name
 from gdino.aggregate import METHODS, aggregate
 from gdino.cache import FeatureCache
 from gdino.errors import GDinoError
 from gdino.model import load_detector
 from gdino.prompts import PromptTokenizer, sanitize_name
 from gdino.schedule import ANNEALING_MODES, asked_prompts, build_schedule, class_threshold_table, select_pairs
+from labelkit.oom import map_chunks
+from labelkit.precision import accelerator_device, resolve_dtype_name
 
 
 class GroundingDinoLabeler(L.LightningModule):
@@ -34,7 +34,7 @@ class GroundingDinoLabeler(L.LightningModule):
         architecture: for a .pth only: tiny, base, or a config.json path.
         tokenizer: directory with the tokenizer (vocab.txt); defaults to the model directory.
         precision: fp32, bf16 or fp16 weights and activations, or auto: bf16 on a CUDA GPU with bf16 and on a CPU
-            with native bf16 (AVX512-BF16 / AMX), fp16 on other CUDA GPUs, fp32 elsewhere (auto_label.precision),
+            with native bf16 (AVX512-BF16 / AMX), fp16 on other CUDA GPUs, fp32 elsewhere (labelkit.precision),
             for the device Lightning's `accelerator: auto` picks (`gdino label` decides for its --trainer.accelerator).
         iteration_scheduler: TAO passes [{conf_threshold, nms_threshold}]; nms_threshold 0 = no NMS.
         schedule: generated passes {type: step|exponential|cosine, start, end, num_passes[, nms_threshold]}.

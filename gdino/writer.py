@@ -1,6 +1,6 @@
 """Stream labeling results to disk and assemble the final files atomically.
 
-Each rank appends one line per image to its own shard (auto_label.shards) as batches finish, flushed
+Each rank appends one line per image to its own shard (labelkit.shards) as batches finish, flushed
 after every batch (nothing accumulates in memory). A run started again after a crash or a kill skips
 the images whose lines are complete; `fresh=True` starts over. At the end rank 0 merges the shards in
 image order, which depends neither on the number of ranks nor on interruptions, and streams the COCO
@@ -18,9 +18,9 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from auto_label.shards import MergedShards, ShardedPredictionWriter, weights_digest
-from auto_label.visualize import draw_overlay, overlay_path, save_rgb
-from auto_label.writers import atomic_write, check_writable, dumps, write_coco
+from labelkit.shards import MergedShards, ShardedPredictionWriter, weights_digest
+from labelkit.visualize import draw_overlay, overlay_path, save_rgb
+from labelkit.writers import atomic_write, check_writable, dumps, write_coco
 
 
 def run_fingerprint(data, labeler) -> dict:

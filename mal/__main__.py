@@ -22,10 +22,10 @@ from lightning.fabric.connector import _PRECISION_INPUT
 from lightning.pytorch.callbacks import Checkpoint, EarlyStopping, LearningRateMonitor
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
-from auto_label.cli import expand_flags, run_guarded
-from auto_label.console import configure_console, console_trainer_defaults, pop_verbose
-from auto_label.precision import accelerator_device, resolve_precision
-from auto_label.weights import load_weights
+from labelkit.cli import expand_flags, run_guarded
+from labelkit.console import configure_console, console_trainer_defaults, pop_verbose
+from labelkit.precision import accelerator_device, resolve_precision
+from labelkit.weights import load_weights
 from mal.checkpoint import CheckpointError, with_architecture
 from mal.data import COCOBoxDataModule
 from mal.evaluate import evaluate_files, print_table
@@ -51,7 +51,7 @@ class Trainer(L.Trainer):
 
     Args:
         precision: auto: bf16-mixed on a CUDA GPU with bf16 and on a CPU with native bf16 (AVX512-BF16 / AMX),
-            16-mixed on other CUDA GPUs, 32-true elsewhere (auto_label.precision). Any Lightning precision
+            16-mixed on other CUDA GPUs, 32-true elsewhere (labelkit.precision). Any Lightning precision
             (32-true, bf16-mixed, 16-mixed, ...) is used as given.
     """
 
@@ -60,7 +60,7 @@ class Trainer(L.Trainer):
         precision, self.precision_reason = resolve_precision(precision, device, purpose=self.purpose)
         super().__init__(precision=precision, **kwargs)
 
-    purpose = "train"  # "label" for predict / validate / test (set by MALCLI): auto_label.precision
+    purpose = "train"  # "label" for predict / validate / test (set by MALCLI): labelkit.precision
 
 
 class LabellingTrainer(Trainer):

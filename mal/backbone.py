@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from timm.layers import PatchEmbed, use_fused_attn
 from torch import nn
 
-from auto_label.precision import cpu_has_native_bf16
+from labelkit.precision import cpu_has_native_bf16
 
 # TAO spec names -> timm names
 ARCH_ALIASES = {
@@ -131,7 +131,7 @@ def cpu_bf16_autocast(images: torch.Tensor) -> bool:
 
 
 def select_attention_kernel(vit: nn.Module, images: torch.Tensor) -> None:
-    """Under bf16 autocast on a CPU with native bf16 (auto_label.precision), PyTorch's fused (flash) attention
+    """Under bf16 autocast on a CPU with native bf16 (labelkit.precision), PyTorch's fused (flash) attention
     kernel is no faster than in fp32, while plain bf16 matmuls + softmax run ViT attention at crop-size token
     counts 1.7x faster (BENCHMARKS.md). Use timm's unfused path there for inference only (Lightning predicts,
     validates and tests in inference mode): its softmax is rounded to bf16, and training with it learnt worse

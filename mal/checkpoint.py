@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from auto_label.weights import load_weights
+from labelkit.weights import load_weights
 from mal.backbone import adopt_pos_embed, create_vit
 
 log = logging.getLogger(__name__)

@@ -18,13 +18,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
-from auto_label.coco import CocoFile, load_coco
-from auto_label.evaluation import describe_left_out, mask_truth
-from auto_label.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
-from auto_label.masks import ground_truth_mask
-from auto_label.sharding import ExactShardSampler
-from auto_label.shards import StrictSkipError
-from auto_label.writers import write_jsonl
+from labelkit.coco import CocoFile, load_coco
+from labelkit.evaluation import describe_left_out, mask_truth
+from labelkit.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
+from labelkit.masks import ground_truth_mask
+from labelkit.sharding import ExactShardSampler
+from labelkit.shards import StrictSkipError
+from labelkit.writers import write_jsonl
 from mal.crops import box_mask_in_crop, expand_box, fixed_margins, make_crop, random_margins, xywh_to_xyxy
 
 log = logging.getLogger(__name__)
@@ -194,7 +194,7 @@ class ImageBoxesDataset(Dataset):
         boxes = [clip_box(xywh_to_xyxy(a["bbox"]), width, height) for a in anns]  # the writer flags clipped ones
         sample.update(box_crops(image, boxes, self.margins, self.crop_size))
         sample["category_ids"] = torch.tensor([a["category_id"] for a in anns], dtype=torch.int64)
-        if self.with_masks:  # box-only and degenerate records are left out of both mIoU and AP (auto_label.evaluation)
+        if self.with_masks:  # box-only and degenerate records are left out of both mIoU and AP (labelkit.evaluation)
             masks = [ground_truth_mask(a.get("segmentation"), height, width) for a in anns]
             kept = [m for m in masks if m is not None]
             sample["gt_scored"] = torch.tensor([m is not None for m in masks], dtype=torch.bool)

@@ -12,13 +12,13 @@ import json
 import time
 from pathlib import Path
 
-from auto_label.cli import configure_logging
-from auto_label.coco import load_coco
-from auto_label.images import decode_image
-from auto_label.masks import segmentation_to_mask
-from auto_label.precision import cpu_label
-from auto_label.synthetic import make_synthetic_coco
-from auto_label.visualize import draw_overlay, image_grid, save_rgb
+from labelkit.cli import configure_logging
+from labelkit.coco import load_coco
+from labelkit.images import decode_image
+from labelkit.masks import segmentation_to_mask
+from labelkit.precision import cpu_label
+from labelkit.synthetic import make_synthetic_coco
+from labelkit.visualize import draw_overlay, image_grid, save_rgb
 from mal.__main__ import cli_main
 from mal.evaluate import evaluate_files, print_table, write_box_fill
 

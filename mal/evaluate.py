@@ -1,6 +1,6 @@
 """Compare any predicted COCO mask file with a ground-truth one: mIoU (paired by annotation id) and mask AP.
 
-Both read the ground truth through `auto_label.evaluation.mask_truth`: crowd regions, box-only records and
+Both read the ground truth through `labelkit.evaluation.mask_truth`: crowd regions, box-only records and
 records without a usable mask are left out of both (and so are the predictions for them), counted and said.
 A metric over nothing is None ("none"), never 0.0 or pycocotools' -1.
 """
@@ -14,8 +14,8 @@ from pycocotools import mask as mask_utils
 from rich.console import Console
 from rich.table import Table
 
-from auto_label.coco import CocoFile, CocoFormatError, load_coco
-from auto_label.evaluation import (
+from labelkit.coco import CocoFile, CocoFormatError, load_coco
+from labelkit.evaluation import (
     OF_LEFT_OUT,
     UNKNOWN_IMAGE,
     MaskTruth,
@@ -26,8 +26,8 @@ from auto_label.evaluation import (
     run_cocoeval,
     truth_record,
 )
-from auto_label.masks import box_mask, mask_to_rle, segmentation_to_rle
-from auto_label.writers import write_coco
+from labelkit.masks import box_mask, mask_to_rle, segmentation_to_rle
+from labelkit.writers import write_coco
 from mal.metrics import summarize_ious
 
 AP_NAMES = ("mask_AP", "mask_AP50", "mask_AP75", "mask_AP_small", "mask_AP_medium", "mask_AP_large")

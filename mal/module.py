@@ -12,11 +12,11 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.detection import MeanAveragePrecision
 
-from auto_label.images import IMAGENET_MEAN, IMAGENET_STD
-from auto_label.masks import box_mask
-from auto_label.oom import map_chunks
-from auto_label.tracking import log_image
-from auto_label.visualize import draw_overlay, image_grid
+from labelkit.images import IMAGENET_MEAN, IMAGENET_STD
+from labelkit.masks import box_mask
+from labelkit.oom import map_chunks
+from labelkit.tracking import log_image
+from labelkit.visualize import draw_overlay, image_grid
 from mal.backbone import compile_for_inference
 from mal.checkpoint import CheckpointError, load_pretrained, load_strict, module_state, unwrap_state
 from mal.crops import paste_probabilities

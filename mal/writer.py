@@ -1,6 +1,6 @@
 """Write MAL's masks as the input COCO file with every box's segmentation replaced by the predicted RLE.
 
-Each process appends one line per finished image to its own shard (auto_label.shards), flushed after
+Each process appends one line per finished image to its own shard (labelkit.shards), flushed after
 every batch. A run started again after a crash or a kill skips the images whose lines are complete and
 labels the rest; `fresh=True` starts over. At the end rank 0 merges the shards by image position into
 the final file, written atomically, so the output depends neither on the number of processes nor on
@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from auto_label.coco import CocoFile
-from auto_label.masks import masks_to_rles
-from auto_label.shards import ShardedPredictionWriter, ShardError, file_digest, weights_digest
-from auto_label.writers import check_writable, write_coco, write_jsonl
+from labelkit.coco import CocoFile
+from labelkit.masks import masks_to_rles
+from labelkit.shards import ShardedPredictionWriter, ShardError, file_digest, weights_digest
+from labelkit.writers import check_writable, write_coco, write_jsonl
 from mal.data import reaches_into_image
 from mal.module import full_masks
 

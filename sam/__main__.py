@@ -13,9 +13,9 @@ import warnings
 
 from lightning.pytorch.cli import LightningCLI
 
-from auto_label.cli import expand_flags, run_guarded
-from auto_label.console import configure_console, console_trainer_defaults, pop_verbose
-from auto_label.precision import accelerator_device, resolve_dtype_name
+from labelkit.cli import expand_flags, run_guarded
+from labelkit.console import configure_console, console_trainer_defaults, pop_verbose
+from labelkit.precision import accelerator_device, resolve_dtype_name
 from sam.data import SamBoxDataModule
 from sam.module import SamBoxLabeler
 from sam.writer import SamMaskWriter

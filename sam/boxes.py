@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from auto_label.oom import map_chunks
+from labelkit.oom import map_chunks
 
 MULTIMASK_CHOICES = ("best", "first", "single")
 

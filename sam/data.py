@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from auto_label.images import DEFAULT_MAX_PIXELS
+from labelkit.images import DEFAULT_MAX_PIXELS
 from mal.data import COCOBoxDataModule
 from sam.boxes import prompt_boxes
 

@@ -14,9 +14,9 @@ import lightning as L
 import numpy as np
 import torch
 
-from auto_label.masks import box_mask
-from auto_label.oom import map_chunks
-from auto_label.precision import accelerator_device, resolve_dtype_name
+from labelkit.masks import box_mask
+from labelkit.oom import map_chunks
+from labelkit.precision import accelerator_device, resolve_dtype_name
 from mal.module import MALModule, is_degenerate
 from sam.boxes import MULTIMASK_CHOICES, segment_boxes
 from sam.errors import SamError
@@ -41,7 +41,7 @@ class SamBoxLabeler(L.LightningModule):
             yonigozlan/EdgeTAM-hf as downloaded.
         precision: weights and activations in fp32, bf16 or fp16, or auto: bf16 on a CUDA GPU with bf16 and on a
             CPU with native bf16 (AVX512-BF16 / AMX), fp16 on other CUDA GPUs, fp32 elsewhere
-            (auto_label.precision), for the device of `accelerator: auto` (`sam predict` decides for its
+            (labelkit.precision), for the device of `accelerator: auto` (`sam predict` decides for its
             --trainer.accelerator). Masks are upscaled and thresholded in fp32.
         multimask: which mask a box gets. best: of the three candidates, the one with the highest predicted
             IoU; first: the first candidate; single: the model's single-mask output (sam.boxes).

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from auto_label.writers import check_writable
+from labelkit.writers import check_writable
 from sam.data import SamBoxDataModule
 from sam.module import SamBoxLabeler
 from sam.writer import SamMaskWriter

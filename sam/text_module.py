@@ -19,12 +19,12 @@ import lightning as L
 import torch
 from torchvision.ops import batched_nms
 
-from auto_label.masks import masks_to_rles
-from auto_label.precision import accelerator_device, resolve_dtype_name
 from gdino.aggregate import METHODS, aggregate
 from gdino.module import GroundingDinoLabeler
 from gdino.prompts import sanitize_name
 from gdino.schedule import asked_prompts, build_schedule, class_threshold_table
+from labelkit.masks import masks_to_rles
+from labelkit.precision import accelerator_device, resolve_dtype_name
 from sam.concepts import Answer, load_concept_segmenter, upscale_masks
 from sam.errors import SamError
 
@@ -36,7 +36,7 @@ class Sam3Labeler(L.LightningModule):
         path: local Hugging Face directory of SAM 3 (config.json, weights, processor and tokenizer files),
             e.g. a download of facebook/sam3.
         precision: fp32, bf16 or fp16 weights and activations, or auto: bf16 on a CUDA GPU with bf16 and on a CPU
-            with native bf16 (AVX512-BF16 / AMX), fp16 on other CUDA GPUs, fp32 elsewhere (auto_label.precision).
+            with native bf16 (AVX512-BF16 / AMX), fp16 on other CUDA GPUs, fp32 elsewhere (labelkit.precision).
             Masks are upscaled in fp32.
         iteration_scheduler: TAO passes [{conf_threshold, nms_threshold}]; nms_threshold 0 = no NMS.
         schedule: generated passes {type: step|exponential|cosine, start, end, num_passes[, nms_threshold]}.

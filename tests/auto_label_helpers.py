@@ -12,7 +12,7 @@ import yaml
 from conftest import TINY_MAL_ARGS
 from gdino_helpers import save_tiny_model_dir
 
-from auto_label.synthetic import make_synthetic_coco
+from labelkit.synthetic import make_synthetic_coco
 from mal.__main__ import cli_main
 
 _ASSETS: dict[str, Path] = {}

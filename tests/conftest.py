@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from auto_label.synthetic import make_synthetic_coco
+from labelkit.synthetic import make_synthetic_coco
 
 # The same precision on every machine CI may run on: `precision: auto` as on a CPU without native bf16 (the
 # tests that exercise the decision set this variable themselves).

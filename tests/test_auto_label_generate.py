@@ -9,10 +9,10 @@ from bad_inputs import run_module
 from gdino_helpers import needs_vocab
 
 from auto_label.__main__ import cli
-from auto_label.coco import load_coco
 from auto_label.generate import build_gdino, build_mal
-from auto_label.masks import segmentation_to_mask
 from auto_label.spec import SpecError, load_spec
+from labelkit.coco import load_coco
+from labelkit.masks import segmentation_to_mask
 from mal.__main__ import cli_main
 from mal.evaluate import evaluate_files
 

@@ -9,7 +9,7 @@ from bad_inputs import CROWD_ANNOTATION
 from conftest import TINY_MAL_ARGS
 
 from auto_label.__main__ import cli
-from auto_label.masks import segmentation_to_mask
+from labelkit.masks import segmentation_to_mask
 from mal.__main__ import cli_main
 
 # id -> (bbox on a 128 x 96 image, mal_flag expected in the output)

@@ -13,7 +13,7 @@ import auto_label.__main__
 import gdino.__main__
 import mal.__main__
 from auto_label.__main__ import cli
-from auto_label.masks import segmentation_to_mask
+from labelkit.masks import segmentation_to_mask
 from mal.__main__ import cli_main
 
 

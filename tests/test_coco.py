@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from auto_label.coco import CocoFormatError, load_coco, read_json, validate_coco
-from auto_label.jsonfile import read_jsonl_objects
+from labelkit.coco import CocoFormatError, load_coco, read_json, validate_coco
+from labelkit.jsonfile import read_jsonl_objects
 
 
 def coco(**overrides):

@@ -1,4 +1,4 @@
-"""What our commands print (auto_label.console): our own lines, not Lightning's tips or the libraries'
+"""What our commands print (labelkit.console): our own lines, not Lightning's tips or the libraries'
 deprecation warnings; a progress line every few seconds where the output is no terminal; where the outputs
 are at the end."""
 
@@ -18,7 +18,7 @@ import torch
 from conftest import REPO, TINY_MAL_ARGS
 from torch.utils.data import DataLoader
 
-from auto_label.console import LIGHTNING_LOGGERS, OutputsLine, ProgressLine, configure_console, pop_verbose
+from labelkit.console import LIGHTNING_LOGGERS, OutputsLine, ProgressLine, configure_console, pop_verbose
 from mal.__main__ import cli_main
 
 

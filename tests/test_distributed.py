@@ -12,7 +12,7 @@ from conftest import REPO
 from gdino_helpers import needs_vocab
 
 from auto_label.__main__ import cli
-from auto_label.sharding import ExactShardSampler
+from labelkit.sharding import ExactShardSampler
 
 
 @pytest.fixture(scope="module")

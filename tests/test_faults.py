@@ -20,9 +20,9 @@ import auto_label.__main__
 import gdino.__main__
 import mal.__main__
 from auto_label.__main__ import cli
-from auto_label.coco import load_coco
-from auto_label.oom import is_out_of_memory, map_chunks
-from auto_label.writers import _writer_tag, check_writable, write_jsonl
+from labelkit.coco import load_coco
+from labelkit.oom import is_out_of_memory, map_chunks
+from labelkit.writers import _writer_tag, check_writable, write_jsonl
 from mal.data import ImageBoxesDataset
 from mal.module import MALModule
 
@@ -65,7 +65,7 @@ def test_a_stop_signal_keeps_finished_images_and_the_run_resumes(assets, tmp_pat
 
 KILL_MID_WRITE = """
 import os, signal, sys
-from auto_label.writers import write_coco, write_jsonl
+from labelkit.writers import write_coco, write_jsonl
 def records():
     for i in range(10000):
         if i == 5000:
@@ -81,7 +81,7 @@ else:
 IGNORED_SIGINT = """
 import os, signal
 signal.signal(signal.SIGINT, signal.SIG_IGN)  # as for a job started in the background by a script
-from auto_label.cli import run_guarded
+from labelkit.cli import run_guarded
 def main(argv):
     os.kill(os.getpid(), signal.SIGINT)
     print("carried on")
@@ -160,7 +160,7 @@ def test_a_failing_write_is_refused_before_the_work(tmp_path):
     script = (
         "import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
         "resource.setrlimit(resource.RLIMIT_FSIZE, (1024, 1024)); "
-        "from auto_label.writers import check_writable; check_writable(sys.argv[1])"
+        "from labelkit.writers import check_writable; check_writable(sys.argv[1])"
     )
     result = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, cwd=REPO)
     assert result.returncode != 0 and f"results directory {tmp_path} is not writable: File too large" in result.stderr

@@ -9,11 +9,11 @@ import pytest
 import torch
 from gdino_helpers import SMALL_SIZE, needs_vocab
 
-from auto_label.coco import load_coco
-from auto_label.synthetic import make_synthetic_coco
 from gdino.__main__ import main
 from gdino.data import GroundingDinoDataModule, SizeGroupedBatchSampler
 from gdino.module import GroundingDinoLabeler
+from labelkit.coco import load_coco
+from labelkit.synthetic import make_synthetic_coco
 
 pytestmark = needs_vocab
 CLASSES = ["star", "ring", "traffic light"]

@@ -4,9 +4,9 @@ import pytest
 import torch
 from gdino_helpers import SMALL_SIZE, needs_vocab
 
-from auto_label.synthetic import make_synthetic_coco
 from gdino.data import GroundingDinoDataModule
 from gdino.module import GroundingDinoLabeler
+from labelkit.synthetic import make_synthetic_coco
 
 pytestmark = needs_vocab
 # enough names for several caption chunks at the tiny model's max_text_len of 32

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from auto_label.images import ImageDecodeError, decode_image
+from labelkit.images import ImageDecodeError, decode_image
 
 
 def test_exif_orientation_is_applied(tmp_path):

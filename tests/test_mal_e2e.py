@@ -9,8 +9,8 @@ import pytest
 from bad_inputs import CROWD_ANNOTATION, run_module
 from conftest import TINY_MAL_ARGS
 
-from auto_label.coco import CocoFormatError
-from auto_label.masks import segmentation_to_mask
+from labelkit.coco import CocoFormatError
+from labelkit.masks import segmentation_to_mask
 from mal.__main__ import cli_main
 from mal.evaluate import evaluate_files
 from mal.writer import MaskLabelWriter

@@ -17,8 +17,8 @@ import yaml
 from conftest import COCO128, SHARED
 
 from auto_label.__main__ import cli
-from auto_label.coco import load_coco
-from auto_label.masks import segmentation_to_mask
+from labelkit.coco import load_coco
+from labelkit.masks import segmentation_to_mask
 from mal.__main__ import cli_main
 from mal.backbone import feature_map
 from mal.checkpoint import with_architecture

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from auto_label.masks import (
+from labelkit.masks import (
     BOX_ONLY,
     DEGENERATE_POLYGON,
     EMPTY_MASK,
@@ -21,7 +21,7 @@ from auto_label.masks import (
     segmentation_problems,
     segmentation_to_mask,
 )
-from auto_label.writers import write_coco
+from labelkit.writers import write_coco
 
 
 def ring(height=60, width=80):

@@ -17,7 +17,7 @@ from test_distributed import generate_in_processes
 from test_resume import ONE_THREAD
 
 from auto_label.__main__ import cli
-from auto_label.coco import load_coco
+from labelkit.coco import load_coco
 from mal.__main__ import cli_main
 from mal.data import ImageBoxesDataset
 from mal.module import MALModule, box_areas

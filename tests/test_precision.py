@@ -14,7 +14,10 @@ from lightning.pytorch.plugins.precision import MixedPrecision
 
 from auto_label.__main__ import cli
 from auto_label.generate import mal_precision
-from auto_label.precision import (
+from auto_label.spec import load_spec
+from gdino.__main__ import main as gdino_main
+from gdino.module import GroundingDinoLabeler
+from labelkit.precision import (
     ENV_CPU_BF16,
     capability_label,
     choose_precision,
@@ -25,10 +28,7 @@ from auto_label.precision import (
     resolve_dtype_name,
     resolve_precision,
 )
-from auto_label.spec import load_spec
-from auto_label.synthetic import make_synthetic_coco
-from gdino.__main__ import main as gdino_main
-from gdino.module import GroundingDinoLabeler
+from labelkit.synthetic import make_synthetic_coco
 from mal.__main__ import Trainer, cli_main
 
 NO_FLAGS = frozenset()
@@ -126,7 +126,7 @@ def test_auto_decides_the_trainer_and_the_grounding_dino_dtype(monkeypatch):
 
 def test_cpu_without_native_bf16_trains_and_predicts_in_fp32(synthetic, tmp_path, monkeypatch, caplog):
     monkeypatch.setenv(ENV_CPU_BF16, "0")
-    with caplog.at_level(logging.INFO, logger="auto_label.precision"):
+    with caplog.at_level(logging.INFO, logger="labelkit.precision"):
         fit = cli_main(
             [
                 "fit",
@@ -138,7 +138,7 @@ def test_cpu_without_native_bf16_trains_and_predicts_in_fp32(synthetic, tmp_path
         )
     assert fit.trainer.global_step > 0
     assert fit.trainer.precision == "32-true" and not isinstance(fit.trainer.precision_plugin, MixedPrecision)
-    lines = [r.getMessage() for r in caplog.records if r.name == "auto_label.precision"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "labelkit.precision"]
     assert lines == [f"precision auto -> 32-true ({fit.trainer.precision_reason})"]
     checkpoint = tmp_path / "tiny.ckpt"
     fit.trainer.save_checkpoint(checkpoint)
@@ -175,11 +175,11 @@ def test_grounding_dino_casts_its_weights_to_the_auto_dtype(gdino_model_dir, tmp
 
     monkeypatch.setenv(ENV_CPU_BF16, "0")  # `gdino label` decides for its --trainer.accelerator
     make_synthetic_coco(tmp_path, num_images=1, height=96, width=128, seed=0)
-    with caplog.at_level(logging.INFO, logger="auto_label.precision"):
+    with caplog.at_level(logging.INFO, logger="labelkit.precision"):
         code = gdino_main(
             ["label", "--model.path", str(gdino_model_dir), "--data.image_dir", str(tmp_path / "images")]
             + ["--data.class_names", "[star]", "--trainer.accelerator", "cpu", "--output", str(tmp_path / "o.json")]
         )
     assert code == 0
-    lines = [r.getMessage() for r in caplog.records if r.name == "auto_label.precision"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "labelkit.precision"]
     assert len(lines) == 1 and lines[0].startswith("precision auto -> 32-true")

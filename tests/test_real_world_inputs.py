@@ -21,12 +21,12 @@ from conftest import SHARED
 from gdino_helpers import SMALL_SIZE, VOCAB_DIR, needs_vocab
 from PIL import Image
 
-from auto_label.visualize import overlay_path
 from gdino.__main__ import main as gdino_main
 from gdino.data import GroundingDinoDataModule, noun_chunk_items
 from gdino.errors import GDinoError
 from gdino.prompts import PromptTokenizer, sanitize_names
 from gdino.writer import drop_zero_area
+from labelkit.visualize import overlay_path
 
 CASES = SHARED / "cases" / "2026-11-29"
 
@@ -412,7 +412,17 @@ def test_zero_area_boxes_never_take_the_place_of_a_real_box():
 
 
 def test_an_overlay_that_cannot_be_written_is_an_error(tmp_path):
-    from auto_label.visualize import save_rgb
+    from labelkit.visualize import save_rgb
 
     with pytest.raises(OSError, match="cannot write the image"):
         save_rgb(tmp_path / "missing_folder" / "x.jpg", np.zeros((4, 4, 3), np.uint8))
+
+
+def test_overlays_of_names_leading_outside_stay_inside_their_folder(tmp_path):
+    """`--allow-outside-image-dir` accepts absolute and ../ names; their overlays still land in the folder."""
+    from labelkit.visualize import overlay_path
+
+    for name in ("/abs/x.jpg", "../up/x.jpg", "a/../../x.jpg"):
+        path = overlay_path(tmp_path / "vis", name).resolve()
+        assert path.is_relative_to((tmp_path / "vis").resolve()), name
+    assert overlay_path(tmp_path, "../x.jpg") != overlay_path(tmp_path, "x.jpg")

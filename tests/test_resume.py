@@ -16,7 +16,7 @@ from conftest import REPO
 from gdino_helpers import needs_vocab
 
 from auto_label.__main__ import cli
-from auto_label.shards import ShardError, ShardStore
+from labelkit.shards import ShardError, ShardStore
 
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
 

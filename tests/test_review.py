@@ -20,9 +20,9 @@ import pytest
 
 from auto_label import review as review_module
 from auto_label.__main__ import cli
-from auto_label.masks import mask_to_rle, segmentation_to_mask
 from auto_label.review import find_report, write_review
-from auto_label.synthetic import make_synthetic_coco
+from labelkit.masks import mask_to_rle, segmentation_to_mask
+from labelkit.synthetic import make_synthetic_coco
 
 NUM_IMAGES = 6
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 from sam_helpers import COCO128_IMAGES, coco128_boxes, model_dir, needs_coco128
 
-from auto_label.coco import load_coco
-from auto_label.images import decode_image
+from labelkit.coco import load_coco
+from labelkit.images import decode_image
 from mal.data import ImageBoxesDataset
 from sam.boxes import choose_masks
 from sam.data import NO_CROPS, BoxPromptDataset

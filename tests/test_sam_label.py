@@ -10,10 +10,10 @@ import torch
 from sam_helpers import COCO128_IMAGES, model_dir, needs_coco128, run_sam
 from transformers import AutoModel, AutoProcessor
 
-from auto_label.coco import load_coco
-from auto_label.images import decode_image
-from auto_label.masks import segmentation_to_mask
 from gdino.data import GroundingDinoDataModule
+from labelkit.coco import load_coco
+from labelkit.images import decode_image
+from labelkit.masks import segmentation_to_mask
 from sam.__main__ import cli_main
 from sam.errors import SamError
 from sam.text_module import Sam3Labeler

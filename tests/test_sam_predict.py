@@ -7,8 +7,8 @@ from bad_inputs import run_module
 from conftest import COCO128
 from sam_helpers import coco128_boxes, model_dir, needs_coco128, predict_args
 
-from auto_label.coco import load_coco
-from auto_label.masks import box_mask, segmentation_to_mask
+from labelkit.coco import load_coco
+from labelkit.masks import box_mask, segmentation_to_mask
 from mal.evaluate import evaluate_files
 from sam.__main__ import cli_main
 from sam.errors import SamError

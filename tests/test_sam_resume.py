@@ -15,7 +15,7 @@ from sam_helpers import (
     sam_command,
 )
 
-from auto_label.coco import load_coco
+from labelkit.coco import load_coco
 from sam.__main__ import cli_main
 from sam.writer import SamMaskWriter
 

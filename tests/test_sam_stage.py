@@ -9,8 +9,8 @@ from gdino_helpers import SMALL_SIZE, needs_vocab
 from omegaconf import OmegaConf
 from sam_helpers import COCO128_IMAGES, coco128_boxes, model_dir, needs_coco128
 
-from auto_label.masks import segmentation_to_mask
 from gdino.__main__ import label
+from labelkit.masks import segmentation_to_mask
 from sam.spec import SPEC_SCHEMA, spec_problem
 from sam.stage import sam_stage
 

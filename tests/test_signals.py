@@ -20,7 +20,7 @@ from test_resume import shard_lines, stop_when, stop_when_shards_have
 import gdino.__main__
 import mal.__main__
 import sam.__main__
-from auto_label.cli import run_stoppable
+from labelkit.cli import run_stoppable
 from mal.checkpoint import describe_checkpoint
 from mal.writer import MaskLabelWriter
 

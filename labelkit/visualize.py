@@ -3,7 +3,7 @@ picture."""
 
 from __future__ import annotations
 
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import cv2
 import numpy as np
@@ -37,9 +37,15 @@ def draw_overlay(
         out[m] = (out[m] * (1 - alpha) + np.array(shade(i)) * alpha).astype(np.uint8)
         contours, _ = cv2.findContours(m.astype(np.uint8), cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
         cv2.drawContours(out, contours, -1, shade(i), 1)
+    height, width = out.shape[:2]
     for i, box in enumerate(boxes_xywh or []):
-        x, y, w, h = (int(round(v)) for v in box)
-        cv2.rectangle(out, (x, y), (x + w, y + h), shade(i), 1)
+        if not np.isfinite(box).all():
+            continue
+        # corners just outside the image are as good as far outside (1e30 does not fit cv2's int)
+        x0, x1 = (int(round(v)) for v in np.clip([box[0], box[0] + box[2]], -1, width))
+        y0, y1 = (int(round(v)) for v in np.clip([box[1], box[1] + box[3]], -1, height))
+        x, y = x0, y0
+        cv2.rectangle(out, (x0, y0), (x1, y1), shade(i), 1)
         if labels and i < len(labels) and labels[i]:
             put_label(out, labels[i], x, y, shade(i))
     return out
@@ -108,11 +114,18 @@ def image_grid(images: list[np.ndarray], columns: int = 4, cell: int = 256) -> n
     return grid
 
 
+UP = "__up__"  # stands for ".." in overlay paths
+
+
 def overlay_path(directory: str | Path, file_name: str, suffix: str = ".jpg") -> Path:
     """Where the overlay of image `file_name` goes: its whole name, folders and extension kept, plus
     `suffix`. Replacing the extension instead would give x.png and x.jpg one overlay, the second
-    overwriting the first; appending keeps one overlay per image."""
-    return Path(directory) / f"{file_name}{suffix}"
+    overwriting the first; appending keeps one overlay per image. A name leading outside its folder (allowed
+    by `--allow-outside-image-dir`: absolute, or through "..") still lands inside `directory`: the root is
+    dropped and each ".." becomes "__up__"."""
+    parts = [UP if part == ".." else part for part in PurePosixPath(file_name.replace("\\", "/")).parts]
+    parts = [part for part in parts if part != "/"]
+    return Path(directory, *parts[:-1], f"{parts[-1]}{suffix}")
 
 
 def save_rgb(path, image: np.ndarray, jpeg_quality: int = 95) -> None:

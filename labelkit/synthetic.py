@@ -14,7 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from auto_label.masks import mask_to_rle, rle_area
+from labelkit.masks import mask_to_rle, rle_area
 
 SHAPES = ("ellipse", "rectangle", "triangle", "star", "ring")
 

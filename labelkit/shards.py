@@ -32,8 +32,8 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
-from auto_label.cli import Terminated
-from auto_label.writers import atomic_write, dumps
+from labelkit.cli import Terminated
+from labelkit.writers import atomic_write, dumps
 
 MANIFEST = "run.json"
 log = logging.getLogger(__name__)

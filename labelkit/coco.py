@@ -11,8 +11,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from auto_label.jsonfile import read_json_object
-from auto_label.masks import segmentation_problems
+from labelkit.jsonfile import read_json_object
+from labelkit.masks import segmentation_problems
 
 MAX_REPORTED_PROBLEMS = 20
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
 
-from auto_label.visualize import save_rgb
+from labelkit.visualize import save_rgb
 
 
 def log_image(loggers: list[Logger], tag: str, image: np.ndarray, step: int) -> None:

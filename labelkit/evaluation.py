@@ -17,8 +17,8 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from auto_label.coco import CocoFile
-from auto_label.masks import BOX_ONLY, DEGENERATE_POLYGON, EMPTY_MASK, dropped_polygon_pieces, instance_rle
+from labelkit.coco import CocoFile
+from labelkit.masks import BOX_ONLY, DEGENERATE_POLYGON, EMPTY_MASK, dropped_polygon_pieces, instance_rle
 
 CROWD, POLYGON_PIECES = "crowd", "polygon_pieces"
 UNKNOWN_IMAGE, OF_LEFT_OUT = "predictions_on_images_not_in_gt", "predictions_of_left_out_records"
@@ -52,7 +52,7 @@ class MaskTruth:
 
 
 def mask_truth(coco: CocoFile) -> MaskTruth:
-    """Sort the records of a loaded (so checked) COCO file; see `auto_label.masks.instance_rle`."""
+    """Sort the records of a loaded (so checked) COCO file; see `labelkit.masks.instance_rle`."""
     truth = MaskTruth()
     for ann in coco.annotations:
         image = coco.images_by_id[ann["image_id"]]
