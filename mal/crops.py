@@ -75,6 +75,16 @@ def make_crop(image: np.ndarray, crop_box, size: int) -> torch.Tensor:
     return torch.from_numpy(resize_square(crop_wrapped(image, crop_box), size).copy()).permute(2, 0, 1)
 
 
+def make_training_crop(image: np.ndarray, crop_box, size: int) -> torch.Tensor:
+    """The 3 x size x size uint8 training crop: the same cut as `make_crop`, resized with an antialiased
+    bilinear filter (an area average when shrinking) instead of PIL's bicubic. Training may differ from the
+    test path; this one learns better from scratch: `make demo` reached instance mIoU 0.657 with it and 0.608
+    with PIL bicubic training crops, everything else equal (BENCHMARKS.md)."""
+    crop = torch.from_numpy(np.ascontiguousarray(crop_wrapped(image, crop_box))).permute(2, 0, 1)
+    crop = F.interpolate(crop[None].float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return crop[0].round().clamp(0, 255).to(torch.uint8)
+
+
 def box_mask_in_crop(box_xyxy, crop_box, size: int) -> torch.Tensor:
     """size x size uint8 mask (0/1) of the box's pixels (floor of the left/top to ceil of the right/bottom)
     in the crop, resized like the crop."""

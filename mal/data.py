@@ -25,7 +25,15 @@ from labelkit.masks import ground_truth_mask
 from labelkit.sharding import ExactShardSampler
 from labelkit.shards import StrictSkipError
 from labelkit.writers import write_jsonl
-from mal.crops import box_mask_in_crop, expand_box, fixed_margins, make_crop, random_margins, xywh_to_xyxy
+from mal.crops import (
+    box_mask_in_crop,
+    expand_box,
+    fixed_margins,
+    make_crop,
+    make_training_crop,
+    random_margins,
+    xywh_to_xyxy,
+)
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +101,7 @@ class BoxCropDataset(Dataset):
         rng = np.random.default_rng([torch.initial_seed() % 2**32, i])
         box = clip_box(xywh_to_xyxy(ann["bbox"]), image.shape[1], image.shape[0])
         crop_box = expand_box(box, random_margins(rng, self.margin_rate))
-        crop = make_crop(image, crop_box, self.crop_size)
+        crop = make_training_crop(image, crop_box, self.crop_size)
         box_mask = box_mask_in_crop(box, crop_box, self.crop_size)[None].float()
         if rng.random() < 0.5:
             crop, box_mask = crop.flip(-1), box_mask.flip(-1)

@@ -1,5 +1,6 @@
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from mal.crops import (
@@ -8,6 +9,7 @@ from mal.crops import (
     expand_box,
     fixed_margins,
     make_crop,
+    make_training_crop,
     paste_probabilities,
     random_margins,
 )
@@ -68,3 +70,14 @@ def test_paste_of_a_crop_reaching_outside_keeps_only_the_image_part():
     assert (x0, y0, tuple(probs.shape)) == (0, 0, (4, 4))
     x0, y0, probs = paste_probabilities(torch.zeros(4, 4), box_mask, (10, 10, 12, 12), (4, 4))
     assert probs.numel() == 0
+
+
+def test_training_crop_is_the_same_cut_resized_antialiased():
+    """Training keeps its own resize (antialiased bilinear learnt better from scratch than PIL bicubic)."""
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 256, size=(40, 60, 3), dtype=np.uint8)
+    crop = make_training_crop(image, (-5, 3, 30, 20), 16)
+    cut = torch.from_numpy(image[np.arange(3, 20)[:, None], np.arange(-5, 30)[None, :] % 60]).permute(2, 0, 1)
+    resized = F.interpolate(cut[None].float(), size=(16, 16), mode="bilinear", antialias=True, align_corners=False)
+    assert crop.dtype == torch.uint8 and torch.equal(crop, resized[0].round().clamp(0, 255).to(torch.uint8))
+    assert not torch.equal(crop, make_crop(image, (-5, 3, 30, 20), 16))  # the test path's PIL bicubic differs
