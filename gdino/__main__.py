@@ -18,8 +18,8 @@ from gdino.data import GroundingDinoDataModule
 from gdino.evaluate import evaluate, format_report, write_metrics
 from gdino.module import GroundingDinoLabeler
 from gdino.writer import CocoPredictionWriter
-from labelkit.cli import configure_logging, expand_flags, pop_debug, run_stoppable
-from labelkit.console import configure_console, console_trainer_defaults, pop_verbose
+from labelkit.cli import configure_logging, expand_flags, pop_debug, run_predict_cli, run_stoppable
+from labelkit.console import configure_console, pop_verbose
 from labelkit.precision import accelerator_device, resolve_dtype_name
 
 USAGE = """usage: python -m gdino {label,evaluate} ...
@@ -31,14 +31,6 @@ USAGE = """usage: python -m gdino {label,evaluate} ...
              python -m gdino evaluate --pred labels.json --gt gt.json
 
 Run `python -m gdino label --help` for every option."""
-
-TRAINER_DEFAULTS = {
-    "devices": 1,
-    "logger": False,
-    "enable_checkpointing": False,
-    "enable_model_summary": False,
-    "use_distributed_sampler": False,  # SizeGroupedBatchSampler splits batches across ranks itself
-}
 
 
 class LabelCLI(LightningCLI):
@@ -65,20 +57,16 @@ class LabelCLI(LightningCLI):
 
 
 def label(args: list[str]) -> None:
-    # `args` are the command line minus "label"; LightningCLI warns whenever sys.argv is also set
-    warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
-    cli = LabelCLI(
+    """`args` are the command line minus "label"."""
+    run_predict_cli(
+        LabelCLI,
         GroundingDinoLabeler,
         GroundingDinoDataModule,
-        run=False,
-        args=args,
-        trainer_defaults={**TRAINER_DEFAULTS, **console_trainer_defaults()},
-        save_config_callback=None,
-        auto_configure_optimizers=False,
-        seed_everything_default=False,
-        parser_kwargs={"prog": "python -m gdino label", "description": "Label images with Grounding DINO"},
+        args,
+        "python -m gdino label",
+        "Label images with Grounding DINO",
+        devices=1,
     )
-    cli.trainer.predict(cli.model, datamodule=cli.datamodule, return_predictions=False)
 
 
 def evaluate_command(args: list[str]) -> None:

@@ -103,3 +103,36 @@ def run_guarded(main: Callable[[list[str]], object]) -> None:
     status = run_stoppable(main, argv[1:], debug)
     if status:
         sys.exit(status)
+
+
+# Trainer settings of a labelling run: no logger, checkpoint or model summary, and no distributed sampler (each
+# labeler's data module deals the images to the ranks itself).
+LABELLING_TRAINER = {
+    "logger": False,
+    "enable_checkpointing": False,
+    "enable_model_summary": False,
+    "use_distributed_sampler": False,
+}
+
+
+def run_predict_cli(cli_class, model_class, data_class, args: list[str], prog: str, description: str, **defaults):
+    """Parse `args` with a LightningCLI subclass, build everything, run `trainer.predict`; return the CLI.
+    `defaults` add to `LABELLING_TRAINER` and the console's trainer defaults."""
+    import warnings
+
+    from labelkit.console import console_trainer_defaults  # Lightning: imported only by the labelling commands
+
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter")  # argv is sys.argv, split
+    cli = cli_class(
+        model_class,
+        data_class,
+        run=False,
+        args=args,
+        trainer_defaults={**LABELLING_TRAINER, **defaults, **console_trainer_defaults()},
+        save_config_callback=None,
+        auto_configure_optimizers=False,
+        seed_everything_default=False,
+        parser_kwargs={"prog": prog, "description": description},
+    )
+    cli.trainer.predict(cli.model, datamodule=cli.datamodule, return_predictions=False)
+    return cli

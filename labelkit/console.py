@@ -214,3 +214,13 @@ class OutputsLine(Callback):
             lines.append(f"{stage}: logs in {trainer.log_dir}")
         for line in lines:
             print(line, flush=True)
+
+
+def run_quietly(command) -> None:
+    """A command line's `main`: a bare `--verbose` taken off, the console configured, `command` run guarded
+    (labelkit.cli.run_guarded: one error line, exit 2 / 130 / 143)."""
+    from labelkit.cli import run_guarded
+
+    sys.argv, verbose = pop_verbose(sys.argv)
+    configure_console(verbose)
+    run_guarded(command)

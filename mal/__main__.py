@@ -22,8 +22,8 @@ from lightning.fabric.connector import _PRECISION_INPUT
 from lightning.pytorch.callbacks import Checkpoint, EarlyStopping, LearningRateMonitor
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
-from labelkit.cli import expand_flags, run_guarded
-from labelkit.console import configure_console, console_trainer_defaults, pop_verbose
+from labelkit.cli import expand_flags
+from labelkit.console import console_trainer_defaults, run_quietly
 from labelkit.precision import accelerator_device, resolve_precision
 from labelkit.weights import load_weights
 from mal.checkpoint import CheckpointError, with_architecture
@@ -172,9 +172,7 @@ def cli_main(argv: list[str] | None = None) -> MALCLI | None:
 
 
 def main() -> None:
-    sys.argv, verbose = pop_verbose(sys.argv)
-    configure_console(verbose)
-    run_guarded(cli_main)
+    run_quietly(cli_main)
 
 
 if __name__ == "__main__":

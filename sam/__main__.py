@@ -9,12 +9,11 @@ exit status 2 (`--debug`: the traceback). Score the masks with `python -m mal ev
 from __future__ import annotations
 
 import sys
-import warnings
 
 from lightning.pytorch.cli import LightningCLI
 
-from labelkit.cli import expand_flags, run_guarded
-from labelkit.console import configure_console, console_trainer_defaults, pop_verbose
+from labelkit.cli import expand_flags, run_predict_cli
+from labelkit.console import run_quietly
 from labelkit.precision import accelerator_device, resolve_dtype_name
 from sam.data import SamBoxDataModule
 from sam.module import SamBoxLabeler
@@ -30,13 +29,6 @@ USAGE = """usage: python -m sam {predict,label} ...
                  --data.class_names '[person, "yellow school bus"]' --output labels.json
 
 Run `python -m sam predict --help` for every option; score masks with `python -m mal evaluate`."""
-
-TRAINER_DEFAULTS = {
-    "logger": False,
-    "enable_checkpointing": False,
-    "enable_model_summary": False,
-    "use_distributed_sampler": False,  # the data modules give each rank its own images, without padding
-}
 
 
 def resolve_model_precision(config) -> None:
@@ -60,26 +52,8 @@ class PredictCLI(LightningCLI):
         self.datamodule = self.checked_data  # the same settings, with the file already loaded
 
 
-def run_cli(cli_class, model_class, data_class, args: list[str], prog: str, description: str) -> LightningCLI:
-    """Parse `args` with `cli_class`, build everything, run `trainer.predict`; return the CLI."""
-    warnings.filterwarnings("ignore", message="LightningCLI's args parameter")  # argv is sys.argv, split
-    cli = cli_class(
-        model_class,
-        data_class,
-        run=False,
-        args=args,
-        trainer_defaults={**TRAINER_DEFAULTS, **console_trainer_defaults()},
-        save_config_callback=None,
-        auto_configure_optimizers=False,
-        seed_everything_default=False,
-        parser_kwargs={"prog": prog, "description": description},
-    )
-    cli.trainer.predict(cli.model, datamodule=cli.datamodule, return_predictions=False)
-    return cli
-
-
 def predict(args: list[str]) -> LightningCLI:
-    return run_cli(
+    return run_predict_cli(
         PredictCLI, SamBoxLabeler, SamBoxDataModule, args, "python -m sam predict", "Masks for COCO boxes with SAM"
     )
 
@@ -102,9 +76,7 @@ def cli_main(argv: list[str] | None = None) -> LightningCLI | None:
 
 
 def main() -> None:
-    sys.argv, verbose = pop_verbose(sys.argv)
-    configure_console(verbose)
-    run_guarded(cli_main)
+    run_quietly(cli_main)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from lightning.pytorch.cli import LightningCLI
 
 from gdino.__main__ import LabelCLI
 from gdino.data import GroundingDinoDataModule
-from sam.__main__ import run_cli
+from labelkit.cli import run_predict_cli
 from sam.text_module import Sam3Labeler
 from sam.text_writer import MaskedCocoWriter
 
@@ -21,7 +21,7 @@ class Sam3LabelCLI(LabelCLI):
 
 
 def label(args: list[str]) -> LightningCLI:
-    return run_cli(
+    return run_predict_cli(
         Sam3LabelCLI,
         Sam3Labeler,
         GroundingDinoDataModule,
