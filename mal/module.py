@@ -72,7 +72,8 @@ class MALModule(L.LightningModule):
         drop_path_rate: stochastic depth of the ViT blocks (TAO `vit_dpr`).
         mask_head_num_convs / mask_head_hidden_channel / mask_head_out_channel: the decoder's V head and K size.
         not_adjust_scale: turn off the scale-adaptive decoder.
-        mask_scale_ratio_pre / mask_scale_ratio: feature-map scale for small / large boxes (medium: geometric mean).
+        mask_scale_ratio_pre / mask_scale_ratio: the feature map of size bucket k (small, medium, large) is
+            resized by pre x ratio^(k - 1): 0.5x / 1x / 2x at TAO's defaults (1, 2.0), as the original.
         teacher_momentum: EMA momentum of the teacher, applied after every optimizer step.
         loss_size: side of the maps the losses (and the pasted masks) are computed from.
         loss_mil_weight / loss_crf_weight: loss weights, each ramped up linearly over
