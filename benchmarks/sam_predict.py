@@ -36,6 +36,7 @@ from transformers import (
 )
 
 from gdino.data import GroundingDinoDataModule
+from labelkit.cli import LABELLING_TRAINER
 from labelkit.images import decode_image
 from labelkit.precision import cpu_label
 from mal.crops import xywh_to_xyxy
@@ -98,16 +99,7 @@ def coco128_subset(coco128: Path, out: Path, num_images: int) -> Path:
 
 
 def trainer(callbacks: list) -> L.Trainer:
-    return L.Trainer(
-        accelerator="auto",
-        devices=1,
-        callbacks=callbacks,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        use_distributed_sampler=False,
-    )
+    return L.Trainer(accelerator="auto", devices=1, callbacks=callbacks, enable_progress_bar=False, **LABELLING_TRAINER)
 
 
 def run_predict(path: Path, boxes: Path, out: Path, args) -> dict:

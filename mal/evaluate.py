@@ -80,7 +80,7 @@ def paired_ious(predictions: dict[int, dict], truth: MaskTruth) -> tuple[torch.T
 
 def mask_ap(predictions: dict[int, dict], truth: MaskTruth, gt: CocoFile) -> dict[str, float | None]:
     """COCO mask AP (pycocotools) over the instances, crowd regions excusing predictions over them; a
-    prediction's score is `score`, else `mal_score`, else 1. Masks reach pycocotools as RLE, read like
+    prediction's score is `score`, else `mal_score`, else `sam_score`, else 1. Masks reach pycocotools as RLE, read like
     the mIoU's, and areas are those of the masks (as the in-training metric computes them)."""
     if not truth.instances:
         return dict.fromkeys(AP_NAMES)
@@ -90,7 +90,7 @@ def mask_ap(predictions: dict[int, dict], truth: MaskTruth, gt: CocoFile) -> dic
             "image_id": a["image_id"],
             "category_id": a["category_id"],
             "segmentation": a["rle"],
-            "score": a.get("score", a.get("mal_score", 1.0)),
+            "score": a.get("score", a.get("mal_score", a.get("sam_score", 1.0))),
         }
         for a in predictions.values()
     ]

@@ -52,6 +52,7 @@ def labelled_annotations(coco: CocoFile, ann_indices: list[int], size, results) 
         ann_indices, anns, flags, results, masks_to_rles(masks), masks.sum(axis=(1, 2))
     ):
         score = 0.0 if flag == "outside_image" else round(result["score"], 5)
+        ann = {k: v for k, v in ann.items() if k != "mal_flag"}  # a flag of an earlier run is not this one's
         ann = {**ann, "segmentation": rle, "area": int(area), "mal_score": score}
         if flag:
             ann["mal_flag"] = flag

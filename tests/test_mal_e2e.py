@@ -252,3 +252,14 @@ def test_writer_thread_errors_reach_the_main_loop(trained, synthetic, tmp_path, 
     shards = tmp_path / ".labels.json.shards"
     assert sum(p.read_text().count("\n") for p in shards.glob("rank*.jsonl")) == 1  # the first batch is kept
     assert not out.exists()
+
+
+def test_a_flag_from_an_earlier_run_is_not_carried_over():
+    from mal.writer import labelled_annotations
+
+    class Coco:
+        annotations = [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [2, 2, 4, 4], "mal_flag": "clipped_box"}]
+
+    result = {"x0": 2, "y0": 2, "mask": np.ones((4, 4), bool), "score": 0.9, "degenerate": False}
+    (record,) = labelled_annotations(Coco(), [0], (10, 10), [result])
+    assert "mal_flag" not in record["annotation"] and record["annotation"]["area"] == 16
