@@ -1,4 +1,5 @@
-"""The image encoder: a timm Vision Transformer chosen by name, returning a 2-D feature map.
+"""The image encoder, chosen by timm name, returning a 2-D feature map: a Vision Transformer (MAL's, and the
+only kind released MAL weights use) or any timm convolutional network cut at one stride (`ConvFeatures`).
 
 Two details follow the original MAL code, so that its released weights give its features:
 - Optionally the 16x16 patch projection is replaced by MAL's convolutional stem (four stride-2 3x3
@@ -113,6 +114,61 @@ def create_vit(
     return model
 
 
+class ConvFeatures(nn.Module):
+    """A timm network built `features_only` and cut at the feature level of `stride` (8, 16, 32 where the
+    network has it), as MAL's encoder: B x 3 x S x S images -> B x `embed_dim` x S/stride x S/stride."""
+
+    def __init__(self, name: str, crop_size: int, stride: int = 16, drop_path_rate: float = 0.0, **model_kwargs):
+        super().__init__()
+        try:
+            with torch.device("meta"):
+                levels = timm.create_model(name, features_only=True, **model_kwargs).feature_info.reduction()
+        except RuntimeError as e:
+            raise ValueError(f"unknown backbone arch {name!r}: {e}") from None
+        if stride not in levels:
+            raise ValueError(f"backbone {name!r} has feature maps at strides {levels}, not at {stride}")
+        if crop_size % stride:
+            raise ValueError(f"crop_size {crop_size} is not divisible by the feature stride {stride} of {name!r}")
+        if drop_path_rate:
+            model_kwargs["drop_path_rate"] = drop_path_rate
+        self.body = timm.create_model(
+            name, pretrained=False, features_only=True, out_indices=(levels.index(stride),), **model_kwargs
+        )
+        self.embed_dim = self.body.feature_info.channels()[0]
+        self.grid_size = (crop_size // stride, crop_size // stride)
+
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        return self.body(images)[0]
+
+
+def is_vit(arch: str) -> bool:
+    """Whether the timm name (or TAO alias) `arch` is a VisionTransformer (else a `ConvFeatures` backbone)."""
+    name = ARCH_ALIASES.get(arch, arch)
+    return timm.is_model(name) and timm.models.model_entrypoint(name).__module__.endswith(".vision_transformer")
+
+
+def create_backbone(
+    arch: str,
+    crop_size: int,
+    conv_stem: bool = False,
+    drop_path_rate: float = 0.0,
+    feature_stride: int = 16,
+    **model_kwargs,
+) -> nn.Module:
+    """A randomly initialised encoder by timm name: `create_vit` for a ViT, else `ConvFeatures` at
+    `feature_stride` (a ViT's stride is its patch size)."""
+    if is_vit(arch) or not timm.is_model(arch):
+        return create_vit(arch, crop_size, conv_stem, drop_path_rate, **model_kwargs)
+    if conv_stem:
+        raise ValueError(f"conv_stem replaces a ViT's patch projection; {arch!r} is not a ViT")
+    return ConvFeatures(arch, crop_size, feature_stride, drop_path_rate, **model_kwargs)
+
+
+def feature_grid(backbone: nn.Module) -> int:
+    """Side of the encoder's feature map for a crop of the size it was built for."""
+    return backbone.grid_size[0] if isinstance(backbone, ConvFeatures) else backbone.patch_embed.grid_size[0]
+
+
 def adopt_pos_embed(vit: nn.Module, pos_embed: torch.Tensor) -> None:
     """Give `vit` a position-embedding parameter of `pos_embed`'s shape (its grid is read from the weights;
     it is interpolated at every forward), so that loading keeps the weights' own grid."""
@@ -145,7 +201,9 @@ def select_attention_kernel(vit: nn.Module, images: torch.Tensor) -> None:
 
 
 def feature_map(vit: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """Encode B x 3 x S x S images to a B x C x S/p x S/p map (class and register tokens dropped)."""
+    """Encode B x 3 x S x S images to a B x C x S/p x S/p map (a ViT's class and register tokens dropped)."""
+    if isinstance(vit, ConvFeatures):
+        return vit.forward_features(images)
     select_attention_kernel(vit, images)
     tokens = vit.forward_features(images)[:, vit.num_prefix_tokens :]
     side = images.shape[-1] // vit.patch_embed.patch_size[0]

@@ -109,11 +109,12 @@ def _vit_facts(net_state: dict[str, torch.Tensor]) -> dict:
 
 
 def architecture(net_state: dict[str, torch.Tensor]) -> dict:
-    """MALModule arguments that a MaskNet state's tensors fix: the ViT's size (`backbone_kwargs`), the conv
-    stem and the decoder's sizes."""
+    """MALModule arguments that a MaskNet state's tensors fix: the ViT's size (`backbone_kwargs`; none for a
+    convolutional backbone, whose name and size only our checkpoints' hyperparameters hold), the conv stem and
+    the decoder's sizes."""
     convs = sorted({int(m.group(1)) for k in net_state if (m := re.match(r"decoder\.value_convs\.(\d+)\.", k))})
     return {
-        "backbone_kwargs": _vit_facts(net_state),
+        "backbone_kwargs": _vit_facts(net_state) if "backbone.cls_token" in net_state else None,
         "conv_stem": CONV_STEM_KEY in net_state,
         "mask_head_num_convs": len(convs),
         "mask_head_hidden_channel": net_state["decoder.key_mlp.0.weight"].shape[0],
@@ -155,12 +156,22 @@ def with_architecture(model_args: dict, path: str | Path, info: dict | None = No
         return model_args
     facts = {k: info[k] for k in ("conv_stem", "mask_head_num_convs", "mask_head_hidden_channel")}
     facts["mask_head_out_channel"] = info["mask_head_out_channel"]
+    if info["backbone_kwargs"] is None:  # not a ViT: only our own hyperparameters name the network
+        if "hparams" not in info:
+            raise CheckpointError(f"{path}: a MAL checkpoint without a ViT backbone and without hyperparameters")
+        facts.update({k: info["hparams"][k] for k in ("arch", "backbone_kwargs", "feature_stride")})
+        return _changed(model_args, facts, path)
     configured = model_args.get("backbone_kwargs") or {}
     vit = {**configured, **info["backbone_kwargs"]}
     if configured_width(model_args.get("arch", "vit_base_patch16_224"), configured) != vit["embed_dim"]:
         width = vit["embed_dim"]  # the tensors cannot tell the heads: those of the standard ViT of that width
         vit["num_heads"] = HEADS_BY_WIDTH.get(width, max(1, width // 64))
     facts["backbone_kwargs"] = vit
+    return _changed(model_args, facts, path)
+
+
+def _changed(model_args: dict, facts: dict, path: str | Path) -> dict:
+    """`model_args` updated with `facts`, logging what changed."""
     changed = {k: v for k, v in facts.items() if model_args.get(k) != v}
     if changed:
         log.info("architecture read from %s: %s", path, changed)

@@ -13,6 +13,7 @@ import torch
 from pycocotools import mask as mask_utils
 from rich.console import Console
 from rich.table import Table
+from torchmetrics.functional import spearman_corrcoef
 
 from labelkit.coco import CocoFile, CocoFormatError, load_coco
 from labelkit.evaluation import (
@@ -98,6 +99,33 @@ def mask_ap(predictions: dict[int, dict], truth: MaskTruth, gt: CocoFile) -> dic
     return {name: defined(v) for name, v in zip(AP_NAMES, evaluator.stats[:6])}
 
 
+MASK_SCORE_FIELDS = ("mal_score", "sam_score", "score")  # a mask's own score first, a box's last
+
+
+def score_ranking(predictions: dict[int, dict], truth: MaskTruth, ious: torch.Tensor) -> dict[str, float | None]:
+    """How well the labels' scores (`mal_score`, else `sam_score`, else `score`) rank them by their IoU with
+    the real mask, which is what a reviewer checking the lowest-scored labels first relies on:
+    `score_spearman`, Spearman's rank correlation of score and IoU, and `worst10_in_lowest10`, the share of
+    the 10% lowest-IoU labels found among the 10% lowest-scored (chance: 0.1). None without scores or with
+    fewer than 10 scored labels."""
+    pairs = []
+    for (ann, _, _), iou in zip(truth.instances, ious.tolist()):
+        match = predictions.get(ann["id"])
+        field = next((f for f in MASK_SCORE_FIELDS if match and f in match), None)
+        if field is not None:
+            pairs.append((float(match[field]), iou))
+    if len(pairs) < 10:
+        return {"score_spearman": None, "worst10_in_lowest10": None}
+    scores, scored_ious = torch.tensor(pairs, dtype=torch.float64).T
+    tenth = len(pairs) // 10
+    worst = set(scored_ious.argsort(stable=True)[:tenth].tolist())
+    lowest = set(scores.argsort(stable=True)[:tenth].tolist())
+    return {
+        "score_spearman": spearman_corrcoef(scores, scored_ious).item(),
+        "worst10_in_lowest10": len(worst & lowest) / tenth,
+    }
+
+
 def evaluate_files(pred_path: str, gt_path: str) -> dict:
     """mIoU and mask AP of `pred_path` against `gt_path`, the counts of what was left out under
     `left_out`, and `nothing_to_score` (why) where the ground truth holds no instance mask."""
@@ -109,6 +137,7 @@ def evaluate_files(pred_path: str, gt_path: str) -> dict:
     ious, categories, areas, missing = paired_ious(predictions, truth)
     metrics = {**summarize_ious(ious, categories, areas), "missing_predictions": missing}
     metrics.update(mask_ap(predictions, truth, gt))
+    metrics.update(score_ranking(predictions, truth, ious))
     left_out = +(truth.left_out + left_out_predictions)
     metrics["left_out"] = dict(left_out)
     if not truth.instances:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
+from kornia.color import rgb_to_lab
 
-from mal.crf import mean_field
+from mal.crf import mean_field, neighbours
 
 
 def dice_loss(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
@@ -47,6 +49,37 @@ def crf_pseudo_label(
 def crf_loss(student_probs: torch.Tensor, pseudo_label: torch.Tensor) -> torch.Tensor:
     """Dice between the student's prediction and the CRF pseudo-label."""
     return dice_loss(student_probs, pseudo_label).mean()
+
+
+def lab_similarity(image: torch.Tensor, kernel_size: int = 3, dilation: int = 2) -> torch.Tensor:
+    """B x 3 x H x W RGB image in [0, 1] -> B x (k*k - 1) x H x W colour similarity exp(-||Lab_i - Lab_j|| / 2)
+    of each pixel to its neighbours (BoxInst, Tian et al. CVPR 2021: CIE Lab, theta 2)."""
+    lab = rgb_to_lab(image.float())
+    return torch.exp(-(neighbours(lab, kernel_size, dilation) - lab[:, :, None]).norm(dim=1) / 2)
+
+
+def pairwise_loss(
+    logits: torch.Tensor,
+    similarity: torch.Tensor,
+    box_mask: torch.Tensor,
+    kernel_size: int = 3,
+    dilation: int = 2,
+    threshold: float = 0.3,
+) -> torch.Tensor:
+    """BoxInst's pairwise affinity loss: neighbours of similar colour should share a label.
+
+    logits: B x 1 x H x W mask logits; similarity: B x (k*k - 1) x H x W from `lab_similarity` (same k and
+    dilation); box_mask: B x 1 x H x W. Over the edges from a pixel inside the box to a neighbour of colour
+    similarity >= threshold (BoxInst: 3 x 3, dilation 2, threshold 0.3), the mean of -log P(same label), with
+    P(same) = p_i p_j + (1 - p_i)(1 - p_j), computed from log-sigmoids for stability.
+    """
+    log_fg, log_bg = F.logsigmoid(logits.float()), F.logsigmoid(-logits.float())
+    log_same = torch.logaddexp(
+        log_fg + neighbours(log_fg, kernel_size, dilation)[:, 0],
+        log_bg + neighbours(log_bg, kernel_size, dilation)[:, 0],
+    )
+    edges = (similarity >= threshold).float() * box_mask
+    return -(log_same * edges).sum() / edges.sum().clamp(min=1.0)
 
 
 def ramp(step: int, ramp_steps: int) -> float:

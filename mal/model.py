@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mal.backbone import create_vit, feature_map
+from mal.backbone import create_backbone, feature_grid, feature_map
 from mal.decoder import MaskDecoder
 
 
@@ -24,7 +24,7 @@ class MaskNet(nn.Module):
     def logit_size(self) -> int:
         """Side of the mask logits at prediction: 4x the token grid (128 at a 512 crop with 16-pixel patches),
         the size of the original's logits."""
-        return 4 * self.backbone.patch_embed.grid_size[0]
+        return 4 * feature_grid(self.backbone)
 
 
 def build_mask_net(
@@ -39,8 +39,9 @@ def build_mask_net(
     scale_adaptive: bool = True,
     scale_ratio_pre: float = 1.0,
     scale_ratio: float = 2.0,
+    feature_stride: int = 16,
 ) -> MaskNet:
-    backbone = create_vit(arch, crop_size, conv_stem, drop_path_rate, **(backbone_kwargs or {}))
+    backbone = create_backbone(arch, crop_size, conv_stem, drop_path_rate, feature_stride, **(backbone_kwargs or {}))
     decoder = MaskDecoder(
         backbone.embed_dim, num_convs, hidden_channels, out_channels, scale_adaptive, scale_ratio_pre, scale_ratio
     )

@@ -19,10 +19,11 @@ from labelkit.tracking import log_image
 from labelkit.visualize import draw_overlay, image_grid
 from mal.backbone import compile_for_inference
 from mal.checkpoint import CheckpointError, load_pretrained, load_strict, module_state, unwrap_state
+from mal.crf import refine_logits
 from mal.crops import paste_probabilities
 from mal.decoder import size_bucket
-from mal.losses import crf_loss, crf_pseudo_label, mil_loss, ramp
-from mal.metrics import MaskIoUMetric, mask_ious
+from mal.losses import crf_loss, crf_pseudo_label, lab_similarity, mil_loss, pairwise_loss, ramp
+from mal.metrics import MaskIoUMetric, expected_iou, mask_ious
 from mal.model import MaskNet, build_mask_net
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,9 @@ PREDICTION_OPTIONS = (
     "max_boxes_per_forward",
     "num_overlays",
     "compile_backbone",
+    "test_crf_num_iter",
+    "test_crf_size",
+    "test_crf_kernel_size",
 )
 
 
@@ -64,9 +68,12 @@ class MALModule(L.LightningModule):
     """Mask Auto-Labeler (Lan et al., CVPR 2023): learn box -> mask from boxes alone.
 
     Args:
-        arch: timm ViT name (`vit_tiny_patch16_224`, `vit_base_patch16_224`, ...) or TAO name (`vit-mae-base/16`).
+        arch: timm ViT name (`vit_tiny_patch16_224`, `vit_base_patch16_224`, ...) or TAO name (`vit-mae-base/16`),
+            or any other timm network (`resnet18`, `convnext_atto`, ...), cut at `feature_stride`.
         crop_size: crop side in pixels (linked to `data.crop_size`); position embeddings are sized to it.
         conv_stem: replace the 16x16 patch projection by MAL's 4-stage convolutional stem.
+        feature_stride: the stride of the feature map taken from a non-ViT backbone (8, 16 or 32 where it has
+            one); a ViT's is its patch size.
         backbone_kwargs: extra timm arguments (e.g. `depth: 6` for a shallower ViT).
         pretrained_path: weights to start from: a timm/MAE backbone state dict or a MAL checkpoint.
         drop_path_rate: stochastic depth of the ViT blocks (TAO `vit_dpr`).
@@ -81,6 +88,10 @@ class MALModule(L.LightningModule):
         crf_zeta / crf_kernel_size / crf_num_iter: colour bandwidth, neighbourhood and mean-field iterations.
         crf_size_ratio: run the CRF at loss_size / crf_size_ratio.
         crf_value_low_thres / crf_value_high_thres: clamp of the CRF's unary probabilities.
+        loss_pairwise_weight / loss_pairwise_step: weight of BoxInst's pairwise colour-affinity loss
+            (`mal.losses.pairwise_loss`; 0 = off, as the original MAL) and its linear ramp-up in steps.
+        pairwise_kernel_size / pairwise_dilation / pairwise_colour_thres: its neighbourhood (k x k pixels,
+            `dilation` apart) and the Lab colour similarity above which two neighbours should share a label.
         lr: learning rate per box, multiplied by devices x batch size.
         min_lr_rate: the cosine schedule ends at lr x min_lr_rate.
         weight_decay / optim_eps / optim_betas: AdamW settings.
@@ -91,6 +102,9 @@ class MALModule(L.LightningModule):
         use_mixed_model_test: average the logits of the student and the teacher.
         max_boxes_per_forward: box crops per forward pass at validation and prediction.
         num_overlays: validation images drawn into the logged overlay grid.
+        test_crf_num_iter / test_crf_size / test_crf_kernel_size: test-time refinement of every crop's mask
+            against its colour edges (`mal.crf.refine_logits`: that many mean-field iterations on a
+            size x size grid, crf_zeta as colour bandwidth); 0 iterations = off, as the original MAL.
         compile_backbone: `torch.compile` the ViT for prediction (Inductor, frozen weights, dynamic batch
             size). The first batch compiles (about 25 s for ViT-Tiny on this project's 2-core CPU); after
             that the predict path ran 0.91-1.15x (median 1.05x) as fast as eager there (BENCHMARKS.md), so it
@@ -102,6 +116,7 @@ class MALModule(L.LightningModule):
         arch: str = "vit_base_patch16_224",
         crop_size: int = 512,
         conv_stem: bool = False,
+        feature_stride: int = 16,
         backbone_kwargs: dict | None = None,
         pretrained_path: str | None = None,
         drop_path_rate: float = 0.0,
@@ -123,6 +138,11 @@ class MALModule(L.LightningModule):
         crf_size_ratio: int = 1,
         crf_value_low_thres: float = 0.1,
         crf_value_high_thres: float = 0.9,
+        loss_pairwise_weight: float = 0.0,
+        loss_pairwise_step: int = 1000,
+        pairwise_kernel_size: int = 3,
+        pairwise_dilation: int = 2,
+        pairwise_colour_thres: float = 0.3,
         lr: float = 1e-6,
         min_lr_rate: float = 0.2,
         weight_decay: float = 5e-4,
@@ -136,6 +156,9 @@ class MALModule(L.LightningModule):
         max_boxes_per_forward: int = 32,
         num_overlays: int = 8,
         compile_backbone: bool = False,
+        test_crf_num_iter: int = 0,
+        test_crf_size: int = 48,
+        test_crf_kernel_size: int = 7,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -155,6 +178,7 @@ class MALModule(L.LightningModule):
             not not_adjust_scale,
             mask_scale_ratio_pre,
             mask_scale_ratio,
+            feature_stride,
         )
         if pretrained_path:
             layout = load_pretrained(self.student, pretrained_path)
@@ -191,7 +215,8 @@ class MALModule(L.LightningModule):
         hp = self.hparams
         size = hp.loss_size
         box_mask = (F.interpolate(batch["box_mask"], size=(size, size), mode="area") > 0.5).float()
-        student = self.student(self.normalise(batch["student_image"]), batch["box_area"], size).float().sigmoid()
+        student_logits = self.student(self.normalise(batch["student_image"]), batch["box_area"], size).float()
+        student = student_logits.sigmoid()
         with torch.no_grad():
             teacher = self.teacher(self.normalise(batch["image"]), batch["box_area"], size).float().sigmoid()
         crf_side = size // hp.crf_size_ratio
@@ -223,6 +248,23 @@ class MALModule(L.LightningModule):
         mil_weight = hp.loss_mil_weight * ramp(step, hp.loss_mil_step)
         crf_weight = hp.loss_crf_weight * ramp(step, hp.loss_crf_step)
         loss = mil_weight * loss_mil + crf_weight * loss_crf
+        logged = {}
+        if hp.loss_pairwise_weight > 0:
+            loss_image = F.interpolate(
+                batch["image"].float() / 255, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+            )
+            similarity = lab_similarity(loss_image, hp.pairwise_kernel_size, hp.pairwise_dilation)
+            loss_pairwise = pairwise_loss(
+                student_logits,
+                similarity,
+                box_mask,
+                hp.pairwise_kernel_size,
+                hp.pairwise_dilation,
+                hp.pairwise_colour_thres,
+            )
+            pairwise_weight = hp.loss_pairwise_weight * ramp(step, hp.loss_pairwise_step)
+            loss = loss + pairwise_weight * loss_pairwise
+            logged = {"train/loss_pairwise": loss_pairwise, "train/pairwise_weight": pairwise_weight}
         batch_size = len(batch["image"])
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
         self.log_dict(
@@ -231,6 +273,7 @@ class MALModule(L.LightningModule):
                 "train/loss_crf": loss_crf,
                 "train/mil_weight": mil_weight,
                 "train/crf_weight": crf_weight,
+                **logged,
             },
             batch_size=batch_size,
         )
@@ -290,10 +333,22 @@ class MALModule(L.LightningModule):
         counts = [len(sample["boxes"]) for sample in samples]
         crops = torch.cat([sample["crops"] for sample in samples]) if samples else None
         areas = torch.cat([box_areas(sample["boxes"]) for sample in samples]) if samples else None
+        masks = torch.cat([sample["box_masks"] for sample in samples]) if samples else None
 
         def forward(chunk: slice) -> torch.Tensor:
-            images = self.normalise(crops[chunk].to(self.device, non_blocking=True))
-            return self.mask_logits(images, areas[chunk].to(self.device)).cpu()
+            images = crops[chunk].to(self.device, non_blocking=True)
+            logits = self.mask_logits(self.normalise(images), areas[chunk].to(self.device))
+            if hp.get("test_crf_num_iter"):
+                logits = refine_logits(
+                    logits,
+                    images,
+                    masks[chunk].to(self.device),
+                    hp.test_crf_size,
+                    hp.test_crf_kernel_size,
+                    hp.crf_zeta,
+                    hp.test_crf_num_iter,
+                )
+            return logits.cpu()
 
         logits = map_chunks(forward, sum(counts), hp.max_boxes_per_forward)  # fewer boxes at once on OOM
         size = self.student.logit_size
@@ -340,7 +395,7 @@ class MALModule(L.LightningModule):
                 logits[i], sample["box_masks"][i], crop_boxes[i].tolist(), (height, width)
             )
             mask = probs > thresholds[i]
-            score = float(probs[mask].mean()) if mask.any() else 0.0
+            score = expected_iou(probs, mask)
             results.append({"x0": x0, "y0": y0, "mask": mask.cpu().numpy(), "score": score, "degenerate": False})
         return results
 

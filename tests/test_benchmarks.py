@@ -3,8 +3,10 @@ command lines must parse."""
 
 import importlib.util
 import sys
+from pathlib import Path
 
 import pytest
+import yaml
 from conftest import REPO
 
 BENCHMARKS = sorted((REPO / "benchmarks").glob("*.py"))
@@ -65,3 +67,19 @@ def test_mal_coco128_takes_documented_overrides_in_both_spellings(monkeypatch):
         module.main()
     assert seen["argv"][-2:] == ["--trainer.max_steps=450", "--model.lr=1e-5"]
     assert module.cli_overrides(["--data.batch_size", "8"]) == ["--data.batch_size", "8"]
+    configs = [arg for arg in seen["argv"] if arg.startswith("--config=")]  # the from-scratch recipe on top
+    assert [Path(arg).name for arg in configs] == ["coco128_cpu.yaml", "scratch_cpu.yaml"]
+
+
+def test_the_from_scratch_recipe_is_layered_on_the_full_config(capsys):
+    from mal.__main__ import cli_main
+
+    configs = [f"--config={REPO / 'configs' / 'mal' / name}" for name in ("coco128_cpu.yaml", "scratch_cpu.yaml")]
+    with pytest.raises(SystemExit):
+        cli_main(["fit", *configs, "--print_config"])
+    config = yaml.safe_load(capsys.readouterr().out)
+    model = config["model"]
+    assert (model["mask_scale_ratio_pre"], model["mask_scale_ratio"]) == (1.4142, 1.4142)
+    assert model["test_crf_num_iter"] == 10
+    assert model["arch"] == "vit_tiny_patch16_224" and model["loss_pairwise_weight"] == 0.0  # from coco128_cpu.yaml
+    assert config["trainer"]["max_epochs"] == 9

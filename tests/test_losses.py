@@ -1,7 +1,7 @@
 import torch
 
-from mal.crf import mean_field
-from mal.losses import crf_loss, crf_pseudo_label, dice_loss, mil_loss, ramp
+from mal.crf import mean_field, neighbours, refine_logits
+from mal.losses import crf_loss, crf_pseudo_label, dice_loss, lab_similarity, mil_loss, pairwise_loss, ramp
 
 
 def box_mask(size=32, box=(8, 8, 24, 20)):
@@ -61,6 +61,63 @@ def test_crf_pseudo_label_follows_a_colour_edge():
     assert label[0, 0, :, 16:].mean() < 0.05
     assert label[0, 0, :, :4].sum() == 0  # never outside the box
     assert crf_loss(label, label).item() < 1e-4
+
+
+def two_colour_image(size=32, edge=16):
+    """Left of column `edge` red, right of it blue (B x 3 x H x W in [0, 1])."""
+    image = torch.zeros(1, 3, size, size)
+    image[:, 0, :, :edge] = 1.0
+    image[:, 2, :, edge:] = 1.0
+    return image
+
+
+def test_neighbours_with_dilation_skip_pixels():
+    x = torch.arange(25.0).view(1, 1, 5, 5)
+    near = neighbours(x, 3, dilation=2)[0, 0, :, 2, 2]  # the 8 pixels two steps from the centre (12)
+    assert near.tolist() == [0, 2, 4, 10, 14, 20, 22, 24]
+
+
+def test_lab_similarity_is_one_within_a_colour_and_small_across_an_edge():
+    similarity = lab_similarity(two_colour_image(), kernel_size=3, dilation=2)
+    assert torch.allclose(similarity[0, :, :, 4], torch.ones(8, 32))  # all neighbours red
+    assert similarity[0, :, :, 15].min() < 1e-10  # red next to blue: Lab distance ~176
+
+
+def test_pairwise_loss_lets_the_label_change_only_at_a_colour_edge():
+    image = two_colour_image()
+    similarity = lab_similarity(image)
+    box = box_mask(box=(4, 4, 28, 28))
+    at_edge = torch.full((1, 1, 32, 32), -6.0)
+    at_edge[..., :16] = 6.0  # foreground exactly on the red half
+    off_edge = torch.full((1, 1, 32, 32), -6.0)
+    off_edge[..., :10] = 6.0  # changes label inside the red half
+    unsure = torch.zeros(1, 1, 32, 32)
+    loss_at, loss_off, loss_unsure = (pairwise_loss(x, similarity, box).item() for x in (at_edge, off_edge, unsure))
+    assert loss_at < 0.01 < loss_off
+    assert abs(loss_unsure - torch.log(torch.tensor(2.0)).item()) < 1e-4  # p = 0.5: P(same) = 1/2
+
+
+def test_pairwise_loss_ignores_edges_from_outside_the_box():
+    similarity = lab_similarity(two_colour_image())
+    logits = torch.full((1, 1, 32, 32), -6.0)
+    logits[..., :10] = 6.0  # a label change at column 10 ...
+    assert pairwise_loss(logits, similarity, box_mask(box=(16, 4, 28, 28))).item() < 0.01  # ... left of the box
+
+
+def test_refine_logits_snaps_an_unsure_mask_to_the_object_colour():
+    # A red object (crop rows 16-47, columns 16-39) on blue, in a box 4 pixels larger on every side; the
+    # logits are equally unsure over the whole box. The blue rim of the box joins the blue outside it
+    # (background); the red stays foreground.
+    crop = torch.zeros(1, 3, 64, 64)
+    crop[:, 2] = 255
+    crop[:, :, 16:48, 16:40] = torch.tensor([255.0, 0, 0]).view(3, 1, 1)
+    box = torch.zeros(1, 64, 64)
+    box[:, 12:52, 12:44] = 1
+    refined = refine_logits(torch.full((1, 16, 16), 0.4), crop.to(torch.uint8), box, size=32, kernel_size=5)
+    assert refined.shape == (1, 16, 16)
+    inside_object = torch.zeros(16, 16, dtype=torch.bool)
+    inside_object[4:12, 4:10] = True
+    assert (refined[0][inside_object] > 0).all() and (refined[0][~inside_object] < 0).all()
 
 
 def test_ramp():

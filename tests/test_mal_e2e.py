@@ -263,3 +263,21 @@ def test_a_flag_from_an_earlier_run_is_not_carried_over():
     result = {"x0": 2, "y0": 2, "mask": np.ones((4, 4), bool), "score": 0.9, "degenerate": False}
     (record,) = labelled_annotations(Coco(), [0], (10, 10), [result])
     assert "mal_flag" not in record["annotation"] and record["annotation"]["area"] == 16
+
+
+def test_a_convolutional_backbone_with_the_scratch_losses_trains_and_predicts(synthetic, tmp_path):
+    """A timm convnet cut at stride 8, trained with the pairwise loss, predicts with test-time refinement
+    through `--ckpt_path` even where the configuration names a ViT: the checkpoint knows its network."""
+    conv = ["--model.arch=resnet10t", "--model.feature_stride=8", "--model.backbone_kwargs={}"]
+    scratch = ["--model.loss_pairwise_weight=1.0", "--model.loss_pairwise_step=2", "--model.test_crf_num_iter=3"]
+    fit_args = [*TINY_MAL_ARGS, *conv, *scratch, *data_args(synthetic), *logger_args(tmp_path)]
+    fit = cli_main(["fit", *fit_args, "--trainer.max_epochs=2"])
+    assert fit.model.student.logit_size == 4 * 32 // 8
+    metrics = next(tmp_path.rglob("metrics.csv")).read_text()
+    assert "train/loss_pairwise" in metrics
+    out = tmp_path / "labels.json"
+    checkpoint = {"root": tmp_path, "last": str(next(tmp_path.rglob("*.ckpt")))}
+    predict(checkpoint, synthetic["val"], synthetic["images"], out, "--model.test_crf_num_iter=3")
+    labels = json.loads(out.read_text())["annotations"]
+    assert len(labels) == len(json.loads(synthetic["val"].read_text())["annotations"])
+    assert all(0 <= a["mal_score"] <= 1 and a["segmentation"]["counts"] for a in labels)

@@ -134,3 +134,14 @@ def test_teacher_starts_as_a_copy_and_follows_by_ema():
         student.add_(1.0)
     module.update_teacher()
     assert torch.allclose(teacher, before + 0.1, atol=1e-6)
+
+
+def test_a_convolutional_backbone_by_name_at_a_chosen_stride():
+    for stride in (8, 16):
+        net = build_mask_net("resnet10t", 64, hidden_channels=8, out_channels=8, feature_stride=stride)
+        assert net.logit_size == 4 * 64 // stride
+        assert net(torch.randn(2, 3, 64, 64), torch.tensor([10.0, 1e5]), 32).shape == (2, 1, 32, 32)
+    with pytest.raises(ValueError, match=r"strides \[2, 4, 8, 16, 32\], not at 12"):
+        build_mask_net("resnet10t", 64, feature_stride=12)
+    with pytest.raises(ValueError, match="not a ViT"):
+        build_mask_net("resnet10t", 64, conv_stem=True)
