@@ -21,6 +21,12 @@ def neighbours(x: torch.Tensor, kernel_size: int, dilation: int = 1) -> torch.Te
     return torch.cat([patches[:, :, :centre], patches[:, :, centre + 1 :]], dim=2)
 
 
+def image_at(images: torch.Tensor, side: int) -> torch.Tensor:
+    """B x 3 x H x W uint8 images -> B x 3 x side x side in [0, 1], antialiased bilinear: the colours that the
+    CRF, the pairwise loss and the test-time refinement compare."""
+    return F.interpolate(images.float() / 255, size=(side, side), mode="bilinear", antialias=True, align_corners=False)
+
+
 def colour_affinity(image: torch.Tensor, kernel_size: int, zeta: float) -> torch.Tensor:
     """B x 3 x H x W image in [0, 1] -> B x (k*k - 1) x H x W pairwise weights."""
     diff = neighbours(image, kernel_size) - image[:, :, None]
@@ -66,7 +72,6 @@ def refine_logits(
     side = logits.shape[-1]
     probs = F.interpolate(logits[:, None].float(), size=(size, size), mode="bilinear", align_corners=False).sigmoid()
     inside = (F.interpolate(box_masks[:, None].float(), size=(size, size), mode="area") > 0.5).float()
-    image = F.interpolate(crops.float() / 255, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    refined = mean_field((probs * inside).clamp(low, high), image, kernel_size, zeta, num_iter)
+    refined = mean_field((probs * inside).clamp(low, high), image_at(crops, size), kernel_size, zeta, num_iter)
     refined = F.interpolate(refined, size=(side, side), mode="bilinear", align_corners=False)[:, 0]
     return torch.logit(refined, eps=1e-6)

@@ -19,7 +19,7 @@ from labelkit.tracking import log_image
 from labelkit.visualize import draw_overlay, image_grid
 from mal.backbone import compile_for_inference
 from mal.checkpoint import CheckpointError, load_pretrained, load_strict, module_state, unwrap_state
-from mal.crf import refine_logits
+from mal.crf import image_at, refine_logits
 from mal.crops import paste_probabilities
 from mal.decoder import size_bucket
 from mal.losses import crf_loss, crf_pseudo_label, lab_similarity, mil_loss, pairwise_loss, ramp
@@ -220,13 +220,6 @@ class MALModule(L.LightningModule):
         with torch.no_grad():
             teacher = self.teacher(self.normalise(batch["image"]), batch["box_area"], size).float().sigmoid()
         crf_side = size // hp.crf_size_ratio
-        crf_image = F.interpolate(
-            batch["image"].float() / 255,
-            size=(crf_side, crf_side),
-            mode="bilinear",
-            antialias=True,
-            align_corners=False,
-        )
 
         def at_crf_size(x):
             return F.interpolate(x, size=(crf_side, crf_side), mode="bilinear", align_corners=False)
@@ -235,7 +228,7 @@ class MALModule(L.LightningModule):
             at_crf_size(student.detach()),
             at_crf_size(teacher),
             (at_crf_size(box_mask) > 0.5).float(),
-            crf_image,
+            image_at(batch["image"], crf_side),
             hp.crf_kernel_size,
             hp.crf_zeta,
             hp.crf_num_iter,
@@ -250,18 +243,7 @@ class MALModule(L.LightningModule):
         loss = mil_weight * loss_mil + crf_weight * loss_crf
         logged = {}
         if hp.loss_pairwise_weight > 0:
-            loss_image = F.interpolate(
-                batch["image"].float() / 255, size=(size, size), mode="bilinear", antialias=True, align_corners=False
-            )
-            similarity = lab_similarity(loss_image, hp.pairwise_kernel_size, hp.pairwise_dilation)
-            loss_pairwise = pairwise_loss(
-                student_logits,
-                similarity,
-                box_mask,
-                hp.pairwise_kernel_size,
-                hp.pairwise_dilation,
-                hp.pairwise_colour_thres,
-            )
+            loss_pairwise = self.pairwise_term(student_logits, batch["image"], box_mask)
             pairwise_weight = hp.loss_pairwise_weight * ramp(step, hp.loss_pairwise_step)
             loss = loss + pairwise_weight * loss_pairwise
             logged = {"train/loss_pairwise": loss_pairwise, "train/pairwise_weight": pairwise_weight}
@@ -278,6 +260,14 @@ class MALModule(L.LightningModule):
             batch_size=batch_size,
         )
         return loss
+
+    def pairwise_term(self, logits: torch.Tensor, images: torch.Tensor, box_mask: torch.Tensor) -> torch.Tensor:
+        """BoxInst's pairwise loss of the student's B x 1 x L x L logits against the uint8 crops' colours."""
+        hp = self.hparams
+        similarity = lab_similarity(image_at(images, logits.shape[-1]), hp.pairwise_kernel_size, hp.pairwise_dilation)
+        return pairwise_loss(
+            logits, similarity, box_mask, hp.pairwise_kernel_size, hp.pairwise_dilation, hp.pairwise_colour_thres
+        )
 
     def optimizer_step(self, *args, **kwargs):
         super().optimizer_step(*args, **kwargs)
