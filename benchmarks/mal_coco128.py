@@ -8,6 +8,9 @@ on a CPU with AVX512-BF16 / AMX, fp32 on AVX2; `--trainer.precision=...` overrid
 
 The default configs are configs/mal/coco128_cpu.yaml (every knob, the original MAL's settings) and on top of
 it configs/mal/scratch_cpu.yaml (the from-scratch recipe); `--config FILE` (repeatable) replaces the pair.
+With `--self_training FILE` (default configs/mal/scratch_selftrain_cpu.yaml; `--self_training none` skips it)
+the fit is two rounds within the one budget: the first model labels the training boxes, and a second fit
+starts from it and also learns from those masks (the config on top of the others says how).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from mal.evaluate import evaluate_files, print_table, write_box_fill
 REPO = Path(__file__).resolve().parents[1]
 COCO128 = REPO.parent / "shared" / "data" / "coco128"
 DEFAULT_CONFIGS = ("coco128_cpu.yaml", "scratch_cpu.yaml")
+DEFAULT_SELF_TRAINING = "scratch_selftrain_cpu.yaml"
 
 
 def cli_overrides(items: list[str]) -> list[str]:
@@ -39,6 +43,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=30.0, help="wall-clock budget of the fit")
     parser.add_argument("--config", action="append", help="a Lightning CLI config (repeat to layer several)")
+    parser.add_argument("--self_training", default=str(REPO / "configs" / "mal" / DEFAULT_SELF_TRAINING))
     parser.add_argument("--out", default="results/bench/mal_coco128")
     parser.add_argument(
         "overrides", nargs="*", help="Lightning CLI settings: key=value or --key=value, e.g. trainer.max_steps=450"
@@ -69,32 +74,57 @@ def main() -> None:
         "--data.val_img_dir",
         str(COCO128 / "images"),
     ]
-    budget = int(args.minutes * 60)
+    budget = args.minutes * 60
     start = time.time()
-    # No validation during the fit: the masks must not steer training or checkpoint choice.
-    cli = cli_main(
-        [
-            "fit",
-            *common,
-            "--trainer.limit_val_batches=0",
-            f"--trainer.max_time=00:00:{budget // 60:02d}:{budget % 60:02d}",
-            *args.overrides,
-        ]
-    )
-    fit_seconds = time.time() - start
+
+    def fit(*extra: str):
+        """One fit within what is left of the budget. No validation: the masks must not steer training."""
+        left = max(int(budget - (time.time() - start)), 1)
+        limit = f"--trainer.max_time=00:00:{left // 60:02d}:{left % 60:02d}"
+        return cli_main(["fit", *common, *extra, "--trainer.limit_val_batches=0", limit, *args.overrides])
+
+    def predict(checkpoint: str, labels: Path, *extra: str) -> None:
+        cli_main(
+            [
+                "predict",
+                *common,
+                *extra,
+                f"--ckpt_path={checkpoint}",
+                f"--writer.label_dump_path={labels}",
+                *args.overrides,
+            ]
+        )
+
+    def summary(cli) -> dict:
+        epochs, steps, max_epochs = cli.trainer.current_epoch, cli.trainer.global_step, cli.trainer.max_epochs
+        stopped_by = "the time budget" if epochs < max_epochs else f"max_epochs {max_epochs}"
+        return {"steps": steps, "epochs": epochs, "stopped_by": stopped_by}
+
+    cli = fit()
     checkpoint = cli.trainer.checkpoint_callback.last_model_path
-    epochs, steps = cli.trainer.current_epoch, cli.trainer.global_step
-    stopped_by = "the time budget" if epochs < cli.trainer.max_epochs else f"max_epochs {cli.trainer.max_epochs}"
+    rounds = [summary(cli)]
+    if args.self_training.lower() != "none":
+        round_one = out / "round1_labels.json"
+        predict(checkpoint, round_one, f"--data.predict_ann_path={ann}", f"--data.predict_img_dir={COCO128 / 'images'}")
+        extra = [f"--config={args.self_training}", f"--data.train_ann_path={round_one}"]
+        cli = fit(*extra, f"--model.pretrained_path={checkpoint}")
+        checkpoint = cli.trainer.checkpoint_callback.last_model_path
+        rounds.append(summary(cli))
+    fit_seconds = time.time() - start
     conditions = {
         "cpu_capability": cpu_label(),
         "precision": cli.trainer.precision,
         "precision_reason": cli.trainer.precision_reason,
     }
-    print(f"fit: {steps} optimizer steps, {epochs} epochs in {fit_seconds / 60:.1f} min, ended by {stopped_by}")
+    steps = " + ".join(str(r["steps"]) for r in rounds)
+    print(
+        f"fit: {steps} optimizer steps in {fit_seconds / 60:.1f} min, rounds ended by",
+        [r["stopped_by"] for r in rounds],
+    )
 
     labels = out / "labels.json"
     start = time.time()
-    cli_main(["predict", *common, "--ckpt_path", checkpoint, "--writer.label_dump_path", str(labels), *args.overrides])
+    predict(checkpoint, labels)
     predict_seconds = time.time() - start
     box_fill = out / "box_fill.json"
     write_box_fill(str(ann), str(box_fill))
@@ -105,23 +135,24 @@ def main() -> None:
         "mal": mal,
         "box_fill": boxes,
         "fit_seconds": fit_seconds,
-        "epochs": epochs,
-        "steps": steps,
+        "rounds": rounds,
         "budget_minutes": args.minutes,
-        "stopped_by": stopped_by,
         **conditions,
         "predict_seconds": predict_seconds,
         "checkpoint": checkpoint,
         "configs": args.config,
+        "self_training": args.self_training,
         "overrides": args.overrides,
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
         "torch": torch.__version__,
     }
     (out / "result.json").write_text(json.dumps(result, indent=2))
     configs = " + ".join(Path(path).name for path in args.config)
+    if len(rounds) > 1:
+        configs += f", self-training round {Path(args.self_training).name}"
     print(
         f"| MAL (ours, {configs}, {fit_seconds / 60:.1f} min fit of a {args.minutes:g} min budget: "
-        f"{steps} steps, {epochs} epochs; {conditions['precision']}, CPU {conditions['cpu_capability']}) "
+        f"{steps} steps; {conditions['precision']}, CPU {conditions['cpu_capability']}) "
         f"| {mal['mIoU']:.3f} | {mal['mIoU_class']:.3f} | {mal['mask_AP']:.3f} |"
     )
     print(f"| box-fill baseline | {boxes['mIoU']:.3f} | {boxes['mIoU_class']:.3f} | {boxes['mask_AP']:.3f} |")

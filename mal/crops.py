@@ -85,6 +85,14 @@ def make_training_crop(image: np.ndarray, crop_box, size: int) -> torch.Tensor:
     return crop[0].round().clamp(0, 255).to(torch.uint8)
 
 
+def make_mask_crop(mask: np.ndarray, crop_box, size: int) -> torch.Tensor:
+    """1 x size x size float (0/1) crop of an H x W 0/1 instance mask: cut and resized as `make_training_crop`
+    cuts and resizes the image, then thresholded at one half."""
+    crop = torch.from_numpy(np.ascontiguousarray(crop_wrapped(mask, crop_box))).float()
+    crop = F.interpolate(crop[None, None], size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return (crop[0] > 0.5).float()
+
+
 def box_mask_in_crop(box_xyxy, crop_box, size: int) -> torch.Tensor:
     """size x size uint8 mask (0/1) of the box's pixels (floor of the left/top to ceil of the right/bottom)
     in the crop, resized like the crop."""

@@ -30,6 +30,7 @@ from mal.crops import (
     expand_box,
     fixed_margins,
     make_crop,
+    make_mask_crop,
     make_training_crop,
     random_margins,
     xywh_to_xyxy,
@@ -74,7 +75,8 @@ def decode_record_image(coco: CocoFile, image_info: dict, max_pixels: int | None
 
 
 class BoxCropDataset(Dataset):
-    """One training sample per box: clean and augmented crops, the box mask inside the crop."""
+    """One training sample per box: clean and augmented crops, the box mask inside the crop and, with
+    `mask_min_score`, the annotation's own mask for self-training (see `annotation_mask`)."""
 
     def __init__(
         self,
@@ -83,13 +85,22 @@ class BoxCropDataset(Dataset):
         crop_size: int,
         margin_rate: tuple[float, float],
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        mask_min_score: float | None = None,
     ):
         self.coco, self.indices, self.crop_size = coco, indices, crop_size
         self.margin_rate, self.max_pixels = margin_rate, max_pixels
+        self.mask_min_score = mask_min_score
         self.augment = student_augmentation()
 
     def __len__(self) -> int:
         return len(self.indices)
+
+    def annotation_mask(self, ann: dict, image_info: dict) -> np.ndarray | None:
+        """The H x W mask of an annotation whose `mal_score` (1 when it has none, as a person's mask) is at
+        least `mask_min_score`; None for a lower score or no usable segmentation."""
+        if ann.get("mal_score", 1.0) < self.mask_min_score or not ann.get("segmentation"):
+            return None
+        return ground_truth_mask(ann["segmentation"], image_info["height"], image_info["width"])
 
     def __getitem__(self, i: int) -> dict | None:
         ann = self.coco.annotations[self.indices[i]]
@@ -101,14 +112,22 @@ class BoxCropDataset(Dataset):
         rng = np.random.default_rng([torch.initial_seed() % 2**32, i])
         box = clip_box(xywh_to_xyxy(ann["bbox"]), image.shape[1], image.shape[0])
         crop_box = expand_box(box, random_margins(rng, self.margin_rate))
-        crop = make_training_crop(image, crop_box, self.crop_size)
-        box_mask = box_mask_in_crop(box, crop_box, self.crop_size)[None].float()
+        views = {
+            "image": make_training_crop(image, crop_box, self.crop_size),
+            "box_mask": box_mask_in_crop(box, crop_box, self.crop_size)[None].float(),
+        }
+        if self.mask_min_score is not None:
+            mask = self.annotation_mask(ann, image_info)
+            views["mask_valid"] = torch.tensor(float(mask is not None))
+            if mask is None:
+                views["mask"] = torch.zeros_like(views["box_mask"])
+            else:
+                views["mask"] = make_mask_crop(mask, crop_box, self.crop_size) * views["box_mask"]
         if rng.random() < 0.5:
-            crop, box_mask = crop.flip(-1), box_mask.flip(-1)
+            views = {k: v.flip(-1) if v.ndim == 3 else v for k, v in views.items()}
         return {
-            "image": crop,
-            "student_image": self.augment(crop),
-            "box_mask": box_mask,
+            **views,
+            "student_image": self.augment(views["image"]),
             "box_area": torch.tensor(ann["bbox"][2] * ann["bbox"][3], dtype=torch.float32),
         }
 
@@ -223,7 +242,10 @@ class COCOBoxDataModule(L.LightningDataModule):
     """COCO boxes for MAL. Training filters boxes by size; validation and prediction keep every box.
 
     Args:
-        train_ann_path / train_img_dir: boxes to learn from (masks, if any, are never read).
+        train_ann_path / train_img_dir: boxes to learn from (their masks are read only for self-training).
+        train_mask_min_score: self-training: also learn from the masks of train_ann_path (a previous run's
+            labels.json) whose `mal_score` is at least this (masks without one count as 1); with
+            model.loss_mask_weight. None: boxes only, as MAL.
         val_ann_path / val_img_dir: images with ground-truth masks for mIoU and mask AP.
         predict_ann_path / predict_img_dir: boxes to label (defaults to the validation set).
         crop_size: side of the square crop given to the ViT.
@@ -258,6 +280,7 @@ class COCOBoxDataModule(L.LightningDataModule):
         margin_rate: tuple[float, float] = (0.0, 1.2),
         test_margin_rate: tuple[float, float] = (0.6, 0.6),
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        train_mask_min_score: float | None = None,
         allow_outside_image_dir: bool = False,
         strict: bool = False,
     ):
@@ -357,7 +380,9 @@ class COCOBoxDataModule(L.LightningDataModule):
         )
         if not indices:
             raise ValueError(f"{hp.train_ann_path}: no box within min_obj_size/max_obj_size to train on")
-        dataset = BoxCropDataset(self.train_coco, indices, hp.crop_size, hp.margin_rate, hp.max_pixels)
+        dataset = BoxCropDataset(
+            self.train_coco, indices, hp.crop_size, hp.margin_rate, hp.max_pixels, hp.train_mask_min_score
+        )
         return self._loader(dataset, hp.batch_size, collate_boxes, shuffle=True)
 
     def val_dataloader(self) -> DataLoader | list:

@@ -18,17 +18,6 @@ def mask_ious(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
     return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
 
 
-def expected_iou(probs: torch.Tensor, mask: torch.Tensor) -> float:
-    """The IoU the thresholded `mask` would have with the truth if the pixel probabilities `probs` were
-    calibrated, sum(p m) / sum(p + m - p m) (a soft IoU; same-shape H x W tensors): MAL's label score. Thin
-    or uncertain masks score low. On coco128 with the from-scratch recipe's refined masks it ranked labels by
-    their real IoU with Spearman 0.32, the mean probability inside the mask 0.28 (same cached logits;
-    BENCHMARKS.md). Neither ranks reliably on a weak from-scratch model."""
-    p, m = probs.float(), mask.float()
-    union = (p + m - p * m).sum()
-    return float((p * m).sum() / union) if union > 0 else 0.0
-
-
 def summarize_ious(ious: torch.Tensor, category_ids: torch.Tensor, gt_areas: torch.Tensor) -> dict[str, float | None]:
     """mIoU over instances, over classes (mean of per-class means) and per COCO size bucket; None for a
     mean over no instance (a 0.0 would read as a result)."""

@@ -22,9 +22,10 @@ from mal.checkpoint import CheckpointError, load_pretrained, load_strict, module
 from mal.crf import image_at, refine_logits
 from mal.crops import paste_probabilities
 from mal.decoder import size_bucket
-from mal.losses import crf_loss, crf_pseudo_label, lab_similarity, mil_loss, pairwise_loss, ramp
-from mal.metrics import MaskIoUMetric, expected_iou, mask_ious
+from mal.losses import crf_loss, crf_pseudo_label, dice_loss, lab_similarity, mil_loss, pairwise_loss, ramp
+from mal.metrics import MaskIoUMetric, mask_ious
 from mal.model import MaskNet, build_mask_net
+from mal.score import expected_iou, image_evidence, label_score
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,7 @@ PREDICTION_OPTIONS = (
     "test_crf_num_iter",
     "test_crf_size",
     "test_crf_kernel_size",
+    "test_crf_colour_weight",
 )
 
 
@@ -92,6 +94,8 @@ class MALModule(L.LightningModule):
             (`mal.losses.pairwise_loss`; 0 = off, as the original MAL) and its linear ramp-up in steps.
         pairwise_kernel_size / pairwise_dilation / pairwise_colour_thres: its neighbourhood (k x k pixels,
             `dilation` apart) and the Lab colour similarity above which two neighbours should share a label.
+        loss_mask_weight: self-training: weight of the Dice loss against the training annotations' own masks
+            (data.train_mask_min_score picks which are read; 0 = off, as the original MAL).
         lr: learning rate per box, multiplied by devices x batch size.
         min_lr_rate: the cosine schedule ends at lr x min_lr_rate.
         weight_decay / optim_eps / optim_betas: AdamW settings.
@@ -105,6 +109,8 @@ class MALModule(L.LightningModule):
         test_crf_num_iter / test_crf_size / test_crf_kernel_size: test-time refinement of every crop's mask
             against its colour edges (`mal.crf.refine_logits`: that many mean-field iterations on a
             size x size grid, crf_zeta as colour bandwidth); 0 iterations = off, as the original MAL.
+        test_crf_colour_weight: weight of the crop's colour model (`mal.crf.colour_log_ratio`, GrabCut's idea)
+            in the refinement's unary; 0 = colour edges only.
         compile_backbone: `torch.compile` the ViT for prediction (Inductor, frozen weights, dynamic batch
             size). The first batch compiles (about 25 s for ViT-Tiny on this project's 2-core CPU); after
             that the predict path ran 0.91-1.15x (median 1.05x) as fast as eager there (BENCHMARKS.md), so it
@@ -139,6 +145,7 @@ class MALModule(L.LightningModule):
         crf_value_low_thres: float = 0.1,
         crf_value_high_thres: float = 0.9,
         loss_pairwise_weight: float = 0.0,
+        loss_mask_weight: float = 0.0,
         loss_pairwise_step: int = 1000,
         pairwise_kernel_size: int = 3,
         pairwise_dilation: int = 2,
@@ -159,6 +166,7 @@ class MALModule(L.LightningModule):
         test_crf_num_iter: int = 0,
         test_crf_size: int = 48,
         test_crf_kernel_size: int = 7,
+        test_crf_colour_weight: float = 0.0,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -247,6 +255,10 @@ class MALModule(L.LightningModule):
             pairwise_weight = hp.loss_pairwise_weight * ramp(step, hp.loss_pairwise_step)
             loss = loss + pairwise_weight * loss_pairwise
             logged = {"train/loss_pairwise": loss_pairwise, "train/pairwise_weight": pairwise_weight}
+        if hp.loss_mask_weight > 0 and "mask" in batch:
+            loss_mask = self.mask_term(student, batch, size)
+            loss = loss + hp.loss_mask_weight * loss_mask
+            logged["train/loss_mask"] = loss_mask
         batch_size = len(batch["image"])
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
         self.log_dict(
@@ -268,6 +280,13 @@ class MALModule(L.LightningModule):
         return pairwise_loss(
             logits, similarity, box_mask, hp.pairwise_kernel_size, hp.pairwise_dilation, hp.pairwise_colour_thres
         )
+
+    def mask_term(self, student: torch.Tensor, batch: dict, size: int) -> torch.Tensor:
+        """Self-training: Dice of the student's B x 1 x L x L probabilities against the annotations' own masks,
+        over the boxes that have one (`mask_valid`, see `mal.data.BoxCropDataset`)."""
+        masks = (F.interpolate(batch["mask"], size=(size, size), mode="area") > 0.5).float()
+        valid = batch["mask_valid"].float()
+        return (dice_loss(student, masks) * valid).sum() / valid.sum().clamp(min=1.0)
 
     def optimizer_step(self, *args, **kwargs):
         super().optimizer_step(*args, **kwargs)
@@ -325,26 +344,29 @@ class MALModule(L.LightningModule):
         areas = torch.cat([box_areas(sample["boxes"]) for sample in samples]) if samples else None
         masks = torch.cat([sample["box_masks"] for sample in samples]) if samples else None
 
-        def forward(chunk: slice) -> torch.Tensor:
-            images = crops[chunk].to(self.device, non_blocking=True)
+        def forward(chunk: slice) -> tuple[torch.Tensor, torch.Tensor]:
+            images, box_masks = crops[chunk].to(self.device, non_blocking=True), masks[chunk].to(self.device)
             logits = self.mask_logits(self.normalise(images), areas[chunk].to(self.device))
             if hp.get("test_crf_num_iter"):
                 logits = refine_logits(
                     logits,
                     images,
-                    masks[chunk].to(self.device),
+                    box_masks,
                     hp.test_crf_size,
                     hp.test_crf_kernel_size,
                     hp.crf_zeta,
                     hp.test_crf_num_iter,
+                    hp.get("test_crf_colour_weight", 0.0),
                 )
-            return logits.cpu()
+            return logits.cpu(), image_evidence(logits.sigmoid(), images, box_masks).cpu()
 
-        logits = map_chunks(forward, sum(counts), hp.max_boxes_per_forward)  # fewer boxes at once on OOM
+        outputs = map_chunks(forward, sum(counts), hp.max_boxes_per_forward)  # fewer boxes at once on OOM
         size = self.student.logit_size
-        logits = torch.cat(logits) if logits else torch.empty(0, size, size)
+        logits = torch.cat([o[0] for o in outputs]) if outputs else torch.empty(0, size, size)
+        evidence = torch.cat([o[1] for o in outputs]) if outputs else torch.empty(0)
         return [
-            self._paste_results(sample, image_logits) for sample, image_logits in zip(samples, logits.split(counts))
+            self._paste_results(sample, image_logits, crop_evidence)
+            for sample, image_logits, crop_evidence in zip(samples, logits.split(counts), evidence.split(counts))
         ]
 
     def predicting_nets(self) -> list[MaskNet]:
@@ -366,8 +388,9 @@ class MALModule(L.LightningModule):
                 logits.append(out.flip(-1) if flip else out)
         return torch.stack(logits).mean(dim=0)
 
-    def _paste_results(self, sample: dict, logits: torch.Tensor) -> list[dict]:
-        """One image's crop logits pasted back into its boxes and thresholded (see `predict_image`)."""
+    def _paste_results(self, sample: dict, logits: torch.Tensor, evidence: torch.Tensor) -> list[dict]:
+        """One image's crop logits pasted back into its boxes and thresholded (see `predict_image`); each
+        label's score is `mal.score.label_score` of its expected IoU and its crop's image evidence."""
         height, width = sample["image"].shape[1:]
         boxes, crop_boxes = sample["boxes"], sample["crop_boxes"]
         thresholds = torch.tensor(self.mask_thresholds)[size_bucket(box_areas(boxes.cpu()))]
@@ -385,7 +408,7 @@ class MALModule(L.LightningModule):
                 logits[i], sample["box_masks"][i], crop_boxes[i].tolist(), (height, width)
             )
             mask = probs > thresholds[i]
-            score = expected_iou(probs, mask)
+            score = label_score(expected_iou(probs, mask), float(evidence[i]))
             results.append({"x0": x0, "y0": y0, "mask": mask.cpu().numpy(), "score": score, "degenerate": False})
         return results
 

@@ -4,6 +4,7 @@ command lines must parse."""
 import importlib.util
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -71,6 +72,38 @@ def test_mal_coco128_takes_documented_overrides_in_both_spellings(monkeypatch):
     assert [Path(arg).name for arg in configs] == ["coco128_cpu.yaml", "scratch_cpu.yaml"]
 
 
+def test_mal_coco128_fits_a_self_training_round_from_the_first_rounds_labels(monkeypatch, tmp_path):
+    """fit -> predict the training boxes -> fit again from that checkpoint on those labels -> predict."""
+    module = load(REPO / "benchmarks" / "mal_coco128.py", monkeypatch)
+    calls = []
+
+    def fake_cli(argv):
+        calls.append(argv)
+        if len(calls) == 4:
+            raise SystemExit(0)  # the final predict: nothing to evaluate here
+        trainer = SimpleNamespace(
+            checkpoint_callback=SimpleNamespace(last_model_path=f"round{len(calls)}.ckpt"),
+            current_epoch=9,
+            global_step=450,
+            max_epochs=9,
+            precision="bf16-mixed",
+            precision_reason="test",
+        )
+        return SimpleNamespace(trainer=trainer)
+
+    monkeypatch.setattr(module, "cli_main", fake_cli)
+    monkeypatch.setattr(sys, "argv", ["mal_coco128.py", "--out", str(tmp_path), "model.lr=1e-5"])
+    with pytest.raises(SystemExit):
+        module.main()
+    assert [argv[0] for argv in calls] == ["fit", "predict", "fit", "predict"]
+    round_one = f"--writer.label_dump_path={tmp_path / 'round1_labels.json'}"
+    assert round_one in calls[1] and "--ckpt_path=round1.ckpt" in calls[1]
+    assert f"--data.train_ann_path={tmp_path / 'round1_labels.json'}" in calls[2]
+    assert "--model.pretrained_path=round1.ckpt" in calls[2]
+    assert any(arg.endswith("scratch_selftrain_cpu.yaml") for arg in calls[2])
+    assert "--ckpt_path=round3.ckpt" in calls[3] and all("--model.lr=1e-5" in argv for argv in calls)
+
+
 def test_the_from_scratch_recipe_is_layered_on_the_full_config(capsys):
     from mal.__main__ import cli_main
 
@@ -80,6 +113,6 @@ def test_the_from_scratch_recipe_is_layered_on_the_full_config(capsys):
     config = yaml.safe_load(capsys.readouterr().out)
     model = config["model"]
     assert (model["mask_scale_ratio_pre"], model["mask_scale_ratio"]) == (1.4142, 1.4142)
-    assert model["test_crf_num_iter"] == 10
+    assert model["test_crf_num_iter"] == 20 and model["test_crf_colour_weight"] == 1.0
     assert model["arch"] == "vit_tiny_patch16_224" and model["loss_pairwise_weight"] == 0.0  # from coco128_cpu.yaml
     assert config["trainer"]["max_epochs"] == 9

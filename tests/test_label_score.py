@@ -1,11 +1,11 @@
-"""MAL's label score (expected IoU) and the evaluator's figures of how well scores rank labels."""
+"""MAL's label score (expected IoU x image evidence) and the evaluator's figures of how well scores rank labels."""
 
 import pytest
 import torch
 from test_eval_real_exports import blob, coco, evaluate, predictions, record
 
 from labelkit.masks import mask_to_rle
-from mal.metrics import expected_iou
+from mal.score import colour_separability, edge_alignment, expected_iou, image_evidence, label_score
 
 
 def test_expected_iou_of_a_sure_mask_is_one_and_falls_with_doubt():
@@ -26,6 +26,40 @@ def test_expected_iou_is_lower_for_a_thin_mask_with_the_same_blurred_rim():
         return expected_iou(probs, probs > 0.5)
 
     assert blurred(5, 35, 5, 35) > blurred(5, 35, 18, 22)
+
+
+def square_on_background(object_colour, background=(0, 0, 255)) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A 96 x 96 crop: a square object (rows / columns 32-63) on a plain background, its box 8 pixels larger on
+    every side, and the object's own mask as probabilities."""
+    crop = torch.tensor(background, dtype=torch.float32).view(1, 3, 1, 1).repeat(1, 1, 96, 96)
+    crop[:, :, 32:64, 32:64] = torch.tensor(object_colour, dtype=torch.float32).view(3, 1, 1)
+    box = torch.zeros(1, 96, 96)
+    box[:, 24:72, 24:72] = 1
+    probs = torch.zeros(1, 96, 96)
+    probs[:, 32:64, 32:64] = 1
+    return probs, crop.to(torch.uint8), box
+
+
+def test_image_evidence_of_a_mask_on_a_distinct_object_and_of_one_without_support():
+    probs, crop, box = square_on_background((255, 0, 0))
+    image, mask, box_mask = crop.float() / 255, probs[:, None], box[:, None]
+    assert colour_separability(image, mask, box_mask).item() > 0.75  # not 1: one count per colour cell is added
+    aligned = edge_alignment(image, mask, box_mask).item()
+    assert aligned > 0.85  # the outline holds all the gradient
+    shifted = mask.roll(12, dims=3) * box_mask  # off the object: part of its outline on no edge
+    assert edge_alignment(image, shifted, box_mask).item() < aligned - 0.05
+    evidence = image_evidence(probs, crop, box).item()
+    assert 0.1 < evidence < (32 / 48) ** 2  # the fill of the box bounds it
+    assert image_evidence(shifted[:, 0], crop, box).item() < evidence
+    assert image_evidence(box, crop, box).item() < 0.05  # the box itself: no outline inside the box
+    _, camouflaged, _ = square_on_background((0, 0, 255))  # the object has the background's colour
+    assert image_evidence(probs, camouflaged, box).item() < 0.05
+
+
+def test_label_score_ranks_as_the_product_of_its_factors():
+    assert label_score(1.0, 1.0) == 1.0 and label_score(0.0, 0.9) == 0.0
+    assert label_score(0.9, 0.0625) == pytest.approx(0.9**0.25 * 0.5)
+    assert label_score(0.9, 0.1) > label_score(0.8, 0.1) > label_score(0.8, 0.05)
 
 
 def test_score_ranking_figures(tmp_path):

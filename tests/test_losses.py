@@ -1,6 +1,6 @@
 import torch
 
-from mal.crf import mean_field, neighbours, refine_logits
+from mal.crf import colour_log_ratio, image_at, mean_field, neighbours, refine_logits
 from mal.losses import crf_loss, crf_pseudo_label, dice_loss, lab_similarity, mil_loss, pairwise_loss, ramp
 
 
@@ -118,6 +118,46 @@ def test_refine_logits_snaps_an_unsure_mask_to_the_object_colour():
     inside_object = torch.zeros(16, 16, dtype=torch.bool)
     inside_object[4:12, 4:10] = True
     assert (refined[0][inside_object] > 0).all() and (refined[0][~inside_object] < 0).all()
+
+
+def red_ring_on_blue() -> tuple[torch.Tensor, torch.Tensor]:
+    """A 64 x 64 crop: blue, with a red square ring (rows / columns 16-47, 8 pixels thick) whose hole is blue
+    too, and its box (the ring's outline)."""
+    crop = torch.zeros(1, 3, 64, 64)
+    crop[:, 2] = 255
+    crop[:, :, 16:48, 16:48] = torch.tensor([255.0, 0, 0]).view(3, 1, 1)
+    crop[:, :, 24:40, 24:40] = torch.tensor([0, 0, 255.0]).view(3, 1, 1)
+    box = torch.zeros(1, 64, 64)
+    box[:, 16:48, 16:48] = 1
+    return crop.to(torch.uint8), box
+
+
+def test_colour_log_ratio_favours_the_object_colour_per_crop():
+    crop, box = red_ring_on_blue()
+    image = image_at(crop, 64)
+    foreground = box[:, None].clone()  # the whole box as object: red and some blue
+    ratio = colour_log_ratio(image, foreground, box[:, None])
+    red = (crop[0, 0] == 255) & (crop[0, 2] == 0)
+    assert (ratio[0, 0][red] > 1).all() and (ratio[0, 0][~red] < 0).all()
+    # a second crop of the batch with the colours swapped gets its own histograms
+    swapped = torch.cat([image, image.flip(1)])
+    ratios = colour_log_ratio(swapped, foreground.repeat(2, 1, 1, 1), box[:, None].repeat(2, 1, 1, 1))
+    assert torch.equal(ratios[0], ratio[0]) and (ratios[1, 0][red] > 1).all()
+
+
+def test_refine_logits_with_the_colour_model_drops_background_colour_inside_the_box():
+    # Colour edges alone keep the ring's blue hole (it borders only the ring inside the box, and the logits
+    # lean to foreground there); the colour model knows blue as the background's colour and drops it.
+    crop, box = red_ring_on_blue()
+    logits = torch.full((1, 16, 16), 0.4)
+    edges_only = refine_logits(logits, crop, box, size=32, kernel_size=5)
+    with_colour = refine_logits(logits, crop, box, size=32, kernel_size=5, colour_weight=1.0)
+    hole, ring = torch.zeros(16, 16, dtype=torch.bool), torch.zeros(16, 16, dtype=torch.bool)
+    hole[7:9, 7:9] = True
+    ring[4:12, 4:12] = True
+    ring[6:10, 6:10] = False
+    assert (edges_only[0][hole] > 0).all()
+    assert (with_colour[0][hole] < 0).all() and (with_colour[0][ring] > 0).all()
 
 
 def test_ramp():

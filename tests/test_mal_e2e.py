@@ -281,3 +281,25 @@ def test_a_convolutional_backbone_with_the_scratch_losses_trains_and_predicts(sy
     labels = json.loads(out.read_text())["annotations"]
     assert len(labels) == len(json.loads(synthetic["val"].read_text())["annotations"])
     assert all(0 <= a["mal_score"] <= 1 and a["segmentation"]["counts"] for a in labels)
+
+
+def test_a_self_training_round_learns_from_the_first_rounds_labels(trained, synthetic, tmp_path):
+    """Round 1's labels of the training boxes (with their mal_score) and its checkpoint start round 2, which
+    adds the mask loss on the masks scored high enough."""
+    round_one = tmp_path / "round1_labels.json"
+    predict(trained, synthetic["train"], synthetic["images"], round_one)
+    scores = [a["mal_score"] for a in json.loads(round_one.read_text())["annotations"]]
+    threshold = float(np.median(scores))
+    root = tmp_path / "round2"
+    round_two = [
+        *("--data.train_ann_path", str(round_one), "--data.train_img_dir", str(synthetic["images"])),
+        *("--data.val_ann_path", str(synthetic["val"]), "--data.val_img_dir", str(synthetic["images"])),
+        f"--data.train_mask_min_score={threshold}",
+        "--model.loss_mask_weight=1.0",
+        f"--model.pretrained_path={trained['last']}",
+    ]
+    cli_main(["fit", *TINY_MAL_ARGS, *round_two, *logger_args(root), "--trainer.max_epochs=1"])
+    metrics = next(root.rglob("metrics.csv")).read_text().splitlines()
+    column = metrics[0].split(",").index("train/loss_mask")
+    values = [float(row.split(",")[column]) for row in metrics[1:] if row.split(",")[column]]
+    assert values and all(0 <= v <= 1 for v in values) and max(values) > 0
