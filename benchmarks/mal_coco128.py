@@ -10,7 +10,8 @@ The default configs are configs/mal/coco128_cpu.yaml (every knob, the original M
 it configs/mal/scratch_cpu.yaml (the from-scratch recipe); `--config FILE` (repeatable) replaces the pair.
 With `--self_training FILE` (default configs/mal/scratch_selftrain_cpu.yaml; `--self_training none` skips it)
 the fit is two rounds within the one budget: the first model labels the training boxes, and a second fit
-starts from it and also learns from those masks (the config on top of the others says how).
+starts from it and also learns from those masks (the config on top of the others says how). The overrides
+apply to both rounds and to labelling; a setting for the second round alone goes into a copy of FILE.
 """
 
 from __future__ import annotations
@@ -41,7 +42,12 @@ def cli_overrides(items: list[str]) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--minutes", type=float, default=30.0, help="wall-clock budget of the fit")
+    parser.add_argument(
+        "--minutes",
+        type=float,
+        default=30.0,
+        help="wall-clock budget of the fit (both rounds, labelling between)",
+    )
     parser.add_argument("--config", action="append", help="a Lightning CLI config (repeat to layer several)")
     parser.add_argument("--self_training", default=str(REPO / "configs" / "mal" / DEFAULT_SELF_TRAINING))
     parser.add_argument("--out", default="results/bench/mal_coco128")

@@ -50,33 +50,35 @@ def mean_field(
     return q
 
 
-def colour_cells(image: torch.Tensor, bins: int = 8) -> torch.Tensor:
-    """B x 3 x H x W image in [0, 1] -> B x H x W index of each pixel's cell in a bins^3 RGB histogram."""
-    cells = (image.float().clamp(0, 1 - 1e-6) * bins).long()
-    return (cells[:, 0] * bins + cells[:, 1]) * bins + cells[:, 2]
+COLOUR_BINS = 8  # cells per channel of the colour histograms (8^3 in all; 4 or 16 did worse on coco128)
 
 
-def colour_histogram(cells: torch.Tensor, weights: torch.Tensor, bins: int = 8) -> torch.Tensor:
-    """B x bins^3 colour distributions: each pixel of `cells` (B x H x W, from `colour_cells`) counted with its
-    weight (B x 1 x H x W), plus one count per cell so that no colour is impossible."""
-    b = cells.shape[0]
-    index = (cells + torch.arange(b, device=cells.device)[:, None, None] * bins**3).flatten()
-    counts = torch.ones(b * bins**3, device=cells.device).index_add_(0, index, weights.float().flatten())
-    counts = counts.view(b, -1)
+def colour_cells(image: torch.Tensor) -> torch.Tensor:
+    """B x 3 x H x W image in [0, 1] -> B x H x W index of each pixel's cell in a COLOUR_BINS^3 RGB histogram."""
+    cells = (image.float().clamp(0, 1 - 1e-6) * COLOUR_BINS).long()
+    return (cells[:, 0] * COLOUR_BINS + cells[:, 1]) * COLOUR_BINS + cells[:, 2]
+
+
+def colour_histogram(cells: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """B x COLOUR_BINS^3 colour distributions: each pixel of `cells` (B x H x W, from `colour_cells`) counted
+    with its weight (B x 1 x H x W), plus one count per cell so that no colour is impossible."""
+    b, size = cells.shape[0], COLOUR_BINS**3
+    index = (cells + torch.arange(b, device=cells.device)[:, None, None] * size).flatten()
+    counts = torch.ones(b * size, device=cells.device).index_add_(0, index, weights.float().flatten()).view(b, -1)
     return counts / counts.sum(dim=1, keepdim=True)
 
 
-def colour_log_ratio(image: torch.Tensor, foreground: torch.Tensor, box_mask: torch.Tensor, bins: int = 8):
+def colour_log_ratio(image: torch.Tensor, foreground: torch.Tensor, box_mask: torch.Tensor) -> torch.Tensor:
     """log p(colour | object) - log p(colour | background) of every pixel: GrabCut's global colour model
-    (Rother et al., SIGGRAPH 2004), with colour histograms of bins^3 cells in place of its Gaussian mixtures.
+    (Rother et al., SIGGRAPH 2004), with colour histograms (`colour_histogram`) in place of its Gaussian mixtures.
 
     image: B x 3 x H x W in [0, 1]; foreground, box_mask: B x 1 x H x W. The object's histogram weighs each
     pixel by its foreground probability inside the box, the background's by the rest (the box's unlikely
     pixels and the crop outside the box). Returns B x 1 x H x W.
     """
-    cells = colour_cells(image, bins)
+    cells = colour_cells(image)
     object_weight = foreground.float() * box_mask
-    ratio = colour_histogram(cells, object_weight, bins).log() - colour_histogram(cells, 1 - object_weight, bins).log()
+    ratio = colour_histogram(cells, object_weight).log() - colour_histogram(cells, 1 - object_weight).log()
     return ratio.gather(1, cells.flatten(1)).view_as(foreground)
 
 
@@ -97,12 +99,13 @@ def refine_logits(
 
     logits: B x S x S mask logits of B crops; crops: B x 3 x C x C uint8; box_masks: B x C x C (0/1, the box
     in the crop). The probabilities inside the box, clamped to [low, high] (outside: low), are refined at
-    `size` x `size` and returned as B x S x S logits. At a coarse grid each iteration reaches further: on
-    coco128 (a ViT-Tiny fitted 15 min from boxes alone, crop 256) instance mIoU went 0.570 -> 0.595 at
-    size 64 / kernel 7, 0.602 at 48 / 7 or 32 / 5, 0.583 at 128 / 7 (BENCHMARKS.md). With `colour_weight`,
-    `colour_rounds` times (as GrabCut alternates): the unary's logit gains colour_weight x the crop's
-    `colour_log_ratio` under the current mask, then mean-field runs again; 0.602 -> 0.620 at weight 1,
-    3 rounds of 20 iterations, and 0.604 -> 0.622 on a second checkpoint (BENCHMARKS.md).
+    `size` x `size` and returned as B x S x S logits (with the colour model: probability 0 outside the box).
+    At a coarse grid each iteration reaches further: on coco128 (a ViT-Tiny fitted 15 min from boxes alone,
+    crop 256) instance mIoU went 0.570 -> 0.595 at size 64 / kernel 7, 0.602 at 48 / 7 or 32 / 5, 0.583 at
+    128 / 7 (BENCHMARKS.md). With `colour_weight`, `colour_rounds` times (as GrabCut alternates): the unary's
+    logit gains colour_weight x the crop's `colour_log_ratio` under the current mask, then mean-field runs
+    again; 0.602 -> 0.620 at weight 1, 3 rounds of 20 iterations (0.621 through the pipeline), 0.604 -> 0.622
+    on a second checkpoint (BENCHMARKS.md).
     """
     side = logits.shape[-1]
     probs = F.interpolate(logits[:, None].float(), size=(size, size), mode="bilinear", align_corners=False).sigmoid()

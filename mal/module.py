@@ -217,6 +217,18 @@ class MALModule(L.LightningModule):
         self.teacher.eval()  # the teacher never uses dropout / drop-path
         return self
 
+    def on_fit_start(self) -> None:
+        """Self-training needs both halves: the masks read (data) and their loss weighed (model)."""
+        datamodule = self.trainer.datamodule
+        min_score = datamodule.hparams.get("train_mask_min_score") if datamodule is not None else None
+        if self.hparams.loss_mask_weight > 0 and min_score is None:
+            raise ValueError(
+                "model.loss_mask_weight > 0 needs data.train_mask_min_score: which of the training file's masks "
+                "to learn from (configs/mal/scratch_selftrain_cpu.yaml)"
+            )
+        if min_score is not None and self.hparams.loss_mask_weight <= 0:
+            log.warning("data.train_mask_min_score is set but model.loss_mask_weight is 0: the masks are not used")
+
     def training_step(self, batch: dict | None, batch_idx: int):
         if batch is None:  # every image of the batch failed to decode (already logged)
             return None
@@ -358,7 +370,8 @@ class MALModule(L.LightningModule):
                     hp.test_crf_num_iter,
                     hp.get("test_crf_colour_weight", 0.0),
                 )
-            return logits.cpu(), image_evidence(logits.sigmoid(), images, box_masks).cpu()
+            thresholds = self.box_thresholds(areas[chunk])
+            return logits.cpu(), image_evidence(logits.sigmoid(), images, box_masks, thresholds).cpu()
 
         outputs = map_chunks(forward, sum(counts), hp.max_boxes_per_forward)  # fewer boxes at once on OOM
         size = self.student.logit_size
@@ -368,6 +381,10 @@ class MALModule(L.LightningModule):
             self._paste_results(sample, image_logits, crop_evidence)
             for sample, image_logits, crop_evidence in zip(samples, logits.split(counts), evidence.split(counts))
         ]
+
+    def box_thresholds(self, areas: torch.Tensor) -> torch.Tensor:
+        """The mask threshold of each box (N areas in pixels), by its size bucket (`mask_thres`)."""
+        return torch.tensor(self.mask_thresholds)[size_bucket(areas.cpu())]
 
     def predicting_nets(self) -> list[MaskNet]:
         """The network(s) whose logits label the boxes: the student, the teacher, or both."""
@@ -393,7 +410,7 @@ class MALModule(L.LightningModule):
         label's score is `mal.score.label_score` of its expected IoU and its crop's image evidence."""
         height, width = sample["image"].shape[1:]
         boxes, crop_boxes = sample["boxes"], sample["crop_boxes"]
-        thresholds = torch.tensor(self.mask_thresholds)[size_bucket(box_areas(boxes.cpu()))]
+        thresholds = self.box_thresholds(box_areas(boxes.cpu()))
         results = []
         for i, box in enumerate(boxes.tolist()):
             if is_degenerate(box, height, width):

@@ -28,9 +28,9 @@ def expected_iou(probs: torch.Tensor, mask: torch.Tensor) -> float:
 
 
 def label_score(expected: float, evidence: float) -> float:
-    """The geometric mean of the four factors, expected IoU x colour separability x box fill x edge alignment:
-    it ranks as their product does, on a scale where a typical label is near one half rather than near 0.1."""
-    return (expected * evidence) ** 0.25
+    """The geometric mean of the four factors, the expected IoU and the three of `image_evidence` (their
+    product): it ranks as the product does, on a scale where a typical label is near one half, not near 0.1."""
+    return max(expected * evidence, 0.0) ** (1 / 4)
 
 
 def colour_separability(image: torch.Tensor, mask: torch.Tensor, box_mask: torch.Tensor) -> torch.Tensor:
@@ -39,7 +39,7 @@ def colour_separability(image: torch.Tensor, mask: torch.Tensor, box_mask: torch
     [0, 1] and B x 1 x H x W masks; returns B values."""
     cells = colour_cells(image)
     inside, outside = colour_histogram(cells, mask), colour_histogram(cells, 1 - box_mask)
-    return 1 - (inside * outside).sqrt().sum(dim=1)
+    return (1 - (inside * outside).sqrt().sum(dim=1)).clamp(min=0)  # rounding may dip below 0
 
 
 def edge_alignment(image: torch.Tensor, mask: torch.Tensor, box_mask: torch.Tensor) -> torch.Tensor:
@@ -54,20 +54,25 @@ def edge_alignment(image: torch.Tensor, mask: torch.Tensor, box_mask: torch.Tens
     return ratio / (1 + ratio)
 
 
-def image_evidence(probs: torch.Tensor, crops: torch.Tensor, box_masks: torch.Tensor) -> torch.Tensor:
-    """Per crop, colour separability x box fill x edge alignment of its mask (probability > 0.5).
+def image_evidence(
+    probs: torch.Tensor, crops: torch.Tensor, box_masks: torch.Tensor, thresholds: torch.Tensor
+) -> torch.Tensor:
+    """Per crop, colour separability x box fill x edge alignment of its mask.
 
-    probs: B x S x S foreground probabilities of B crops (0 outside the box); crops: B x 3 x C x C uint8;
-    box_masks: B x C x C (0/1). Returns B values in [0, 1]. Alone, each factor ranked coco128's labels by IoU
-    with Spearman 0.40-0.42 / 0.09-0.10 / 0.29-0.30; the fill matters in the product (thin objects, filling
-    little of their box, are where box supervision fails; BENCHMARKS.md).
+    probs: B x S x S foreground probabilities of B crops; crops: B x 3 x C x C uint8; box_masks: B x C x C
+    (0/1); thresholds: B probabilities above which a pixel is in the mask (as the label is cut). Returns B
+    values in [0, 1]. Alone, each factor ranked coco128's labels by IoU with Spearman 0.40-0.42 / 0.09-0.10 /
+    0.29-0.30; the fill matters in the product (thin objects, filling little of their box, are where box
+    supervision fails; BENCHMARKS.md).
     """
-    evidence = []
-    for side in (COLOUR_GRID, EDGE_GRID):
-        image = image_at(crops, side)
+
+    def at_grid(side: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Image in [0, 1], mask and box on a side x side grid, each B x C x side x side."""
         box = (F.interpolate(box_masks[:, None].float(), size=(side, side), mode="area") > 0.5).float()
-        mask = (F.interpolate(probs[:, None].float(), size=(side, side), mode="area") > 0.5).float() * box
-        evidence.append((image, mask, box))
-    (image, mask, box), edges = evidence
+        probs_here = F.interpolate(probs[:, None].float(), size=(side, side), mode="area")
+        mask = (probs_here > thresholds.view(-1, 1, 1, 1).to(probs_here)).float() * box
+        return image_at(crops, side), mask, box
+
+    image, mask, box = at_grid(COLOUR_GRID)
     fill = mask.sum((1, 2, 3)) / box.sum((1, 2, 3)).clamp(min=1)
-    return colour_separability(image, mask, box) * fill * edge_alignment(*edges)
+    return colour_separability(image, mask, box) * fill * edge_alignment(*at_grid(EDGE_GRID))

@@ -28,6 +28,9 @@ def test_expected_iou_is_lower_for_a_thin_mask_with_the_same_blurred_rim():
     assert blurred(5, 35, 5, 35) > blurred(5, 35, 18, 22)
 
 
+HALF = torch.tensor([0.5])
+
+
 def square_on_background(object_colour, background=(0, 0, 255)) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """A 96 x 96 crop: a square object (rows / columns 32-63) on a plain background, its box 8 pixels larger on
     every side, and the object's own mask as probabilities."""
@@ -48,12 +51,12 @@ def test_image_evidence_of_a_mask_on_a_distinct_object_and_of_one_without_suppor
     assert aligned > 0.85  # the outline holds all the gradient
     shifted = mask.roll(12, dims=3) * box_mask  # off the object: part of its outline on no edge
     assert edge_alignment(image, shifted, box_mask).item() < aligned - 0.05
-    evidence = image_evidence(probs, crop, box).item()
+    evidence = image_evidence(probs, crop, box, HALF).item()
     assert 0.1 < evidence < (32 / 48) ** 2  # the fill of the box bounds it
-    assert image_evidence(shifted[:, 0], crop, box).item() < evidence
-    assert image_evidence(box, crop, box).item() < 0.05  # the box itself: no outline inside the box
+    assert image_evidence(shifted[:, 0], crop, box, HALF).item() < evidence
+    assert image_evidence(box, crop, box, HALF).item() < 0.05  # the box itself: no outline inside the box
     _, camouflaged, _ = square_on_background((0, 0, 255))  # the object has the background's colour
-    assert image_evidence(probs, camouflaged, box).item() < 0.05
+    assert image_evidence(probs, camouflaged, box, HALF).item() < 0.05
 
 
 def test_label_score_ranks_as_the_product_of_its_factors():

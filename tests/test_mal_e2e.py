@@ -303,3 +303,9 @@ def test_a_self_training_round_learns_from_the_first_rounds_labels(trained, synt
     column = metrics[0].split(",").index("train/loss_mask")
     values = [float(row.split(",")[column]) for row in metrics[1:] if row.split(",")[column]]
     assert values and all(0 <= v <= 1 for v in values) and max(values) > 0
+
+
+def test_a_mask_loss_without_masks_to_learn_from_is_refused(synthetic, tmp_path):
+    args = [*TINY_MAL_ARGS, *data_args(synthetic), *logger_args(tmp_path), "--model.loss_mask_weight=1.0"]
+    with pytest.raises(ValueError, match="needs data.train_mask_min_score"):
+        cli_main(["fit", *args, "--trainer.max_epochs=1"])
