@@ -129,9 +129,9 @@ def main() -> None:
     )
 
     labels = out / "labels.json"
-    start = time.time()
+    labelling_start = time.time()
     predict(checkpoint, labels)
-    predict_seconds = time.time() - start
+    predict_seconds = time.time() - labelling_start
     box_fill = out / "box_fill.json"
     write_box_fill(str(ann), str(box_fill))
     mal, boxes = evaluate_files(str(labels), str(ann)), evaluate_files(str(box_fill), str(ann))
