@@ -10,8 +10,9 @@ The default configs are configs/mal/coco128_cpu.yaml (every knob, the original M
 it configs/mal/scratch_cpu.yaml (the from-scratch recipe); `--config FILE` (repeatable) replaces the pair.
 With `--self_training FILE` (default configs/mal/scratch_selftrain_cpu.yaml; `--self_training none` skips it)
 the fit is two rounds within the one budget: the first model labels the training boxes, and a second fit
-starts from it and also learns from those masks (the config on top of the others says how). The overrides
-apply to both rounds and to labelling; a setting for the second round alone goes into a copy of FILE.
+starts from it and also learns from those masks (the config on top of the others says how). Repeat the option
+for more rounds, each starting from the one before and learning from its labels, with its own FILE. The
+overrides apply to every round and to labelling; a setting for one round alone goes into a copy of its FILE.
 """
 
 from __future__ import annotations
@@ -49,7 +50,9 @@ def main() -> None:
         help="wall-clock budget of the fit (both rounds, labelling between)",
     )
     parser.add_argument("--config", action="append", help="a Lightning CLI config (repeat to layer several)")
-    parser.add_argument("--self_training", default=str(REPO / "configs" / "mal" / DEFAULT_SELF_TRAINING))
+    parser.add_argument(
+        "--self_training", action="append", help="config of a self-training round (repeat for more; none: no round)"
+    )
     parser.add_argument("--out", default="results/bench/mal_coco128")
     parser.add_argument(
         "overrides", nargs="*", help="Lightning CLI settings: key=value or --key=value, e.g. trainer.max_steps=450"
@@ -57,6 +60,8 @@ def main() -> None:
     args, unknown = parser.parse_known_args()
     args.overrides = cli_overrides([*args.overrides, *unknown])
     args.config = args.config or [str(REPO / "configs" / "mal" / name) for name in DEFAULT_CONFIGS]
+    args.self_training = args.self_training or [str(REPO / "configs" / "mal" / DEFAULT_SELF_TRAINING)]
+    self_training = [path for path in args.self_training if path.lower() != "none"]
     configure_logging()
     ann = COCO128 / "annotations" / "instances.json"
     if not ann.is_file():
@@ -109,10 +114,12 @@ def main() -> None:
     cli = fit()
     checkpoint = cli.trainer.checkpoint_callback.last_model_path
     rounds = [summary(cli)]
-    if args.self_training.lower() != "none":
-        round_one = out / "round1_labels.json"
-        predict(checkpoint, round_one, f"--data.predict_ann_path={ann}", f"--data.predict_img_dir={COCO128 / 'images'}")
-        extra = [f"--config={args.self_training}", f"--data.train_ann_path={round_one}"]
+    for config in self_training:
+        round_labels = out / f"round{len(rounds)}_labels.json"
+        predict(
+            checkpoint, round_labels, f"--data.predict_ann_path={ann}", f"--data.predict_img_dir={COCO128 / 'images'}"
+        )
+        extra = [f"--config={config}", f"--data.train_ann_path={round_labels}"]
         cli = fit(*extra, f"--model.pretrained_path={checkpoint}")
         checkpoint = cli.trainer.checkpoint_callback.last_model_path
         rounds.append(summary(cli))
@@ -147,15 +154,15 @@ def main() -> None:
         "predict_seconds": predict_seconds,
         "checkpoint": checkpoint,
         "configs": args.config,
-        "self_training": args.self_training,
+        "self_training": self_training,
         "overrides": args.overrides,
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
         "torch": torch.__version__,
     }
     (out / "result.json").write_text(json.dumps(result, indent=2))
     configs = " + ".join(Path(path).name for path in args.config)
-    if len(rounds) > 1:
-        configs += f", self-training round {Path(args.self_training).name}"
+    if self_training:
+        configs += ", self-training " + " + ".join(Path(path).name for path in self_training)
     print(
         f"| MAL (ours, {configs}, {fit_seconds / 60:.1f} min fit of a {args.minutes:g} min budget: "
         f"{steps} steps; {conditions['precision']}, CPU {conditions['cpu_capability']}) "

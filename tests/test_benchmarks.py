@@ -104,6 +104,38 @@ def test_mal_coco128_fits_a_self_training_round_from_the_first_rounds_labels(mon
     assert "--ckpt_path=round3.ckpt" in calls[3] and all("--model.lr=1e-5" in argv for argv in calls)
 
 
+def test_mal_coco128_chains_self_training_rounds_each_from_the_one_before(monkeypatch, tmp_path):
+    """Two `--self_training` files: fit -> label -> fit -> label -> fit, each round on its own config."""
+    module = load(REPO / "benchmarks" / "mal_coco128.py", monkeypatch)
+    calls = []
+
+    def fake_cli(argv):
+        calls.append(argv)
+        if len(calls) == 6:
+            raise SystemExit(0)
+        trainer = SimpleNamespace(
+            checkpoint_callback=SimpleNamespace(last_model_path=f"call{len(calls)}.ckpt"),
+            current_epoch=4,
+            global_step=200,
+            max_epochs=4,
+            precision="bf16-mixed",
+            precision_reason="test",
+        )
+        return SimpleNamespace(trainer=trainer)
+
+    monkeypatch.setattr(module, "cli_main", fake_cli)
+    rounds = ["--self_training", "a.yaml", "--self_training", "b.yaml"]
+    monkeypatch.setattr(sys, "argv", ["mal_coco128.py", "--out", str(tmp_path), *rounds])
+    with pytest.raises(SystemExit):
+        module.main()
+    assert [argv[0] for argv in calls] == ["fit", "predict", "fit", "predict", "fit", "predict"]
+    assert "--ckpt_path=call3.ckpt" in calls[3]
+    assert f"--writer.label_dump_path={tmp_path / 'round2_labels.json'}" in calls[3]
+    assert "--config=a.yaml" in calls[2] and "--config=b.yaml" in calls[4]
+    assert f"--data.train_ann_path={tmp_path / 'round2_labels.json'}" in calls[4]
+    assert "--model.pretrained_path=call3.ckpt" in calls[4] and "--ckpt_path=call5.ckpt" in calls[5]
+
+
 def test_the_from_scratch_recipe_is_layered_on_the_full_config(capsys):
     from mal.__main__ import cli_main
 

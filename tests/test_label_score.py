@@ -1,11 +1,21 @@
 """MAL's label score (expected IoU x image evidence) and the evaluator's figures of how well scores rank labels."""
 
+import numpy as np
 import pytest
 import torch
 from test_eval_real_exports import blob, coco, evaluate, predictions, record
 
 from labelkit.masks import mask_to_rle
-from mal.score import colour_separability, edge_alignment, expected_iou, image_evidence, label_score
+from mal.score import (
+    border_clearance,
+    colour_separability,
+    compactness,
+    edge_alignment,
+    expected_iou,
+    image_evidence,
+    label_score,
+    shape_evidence,
+)
 
 
 def test_expected_iou_of_a_sure_mask_is_one_and_falls_with_doubt():
@@ -59,9 +69,46 @@ def test_image_evidence_of_a_mask_on_a_distinct_object_and_of_one_without_suppor
     assert image_evidence(probs, camouflaged, box, HALF).item() < 0.05
 
 
+def disc(radius: float, size: int = 64) -> np.ndarray:
+    ys, xs = np.mgrid[:size, :size]
+    return (ys - size / 2) ** 2 + (xs - size / 2) ** 2 <= radius**2
+
+
+def test_compactness_of_a_disc_a_square_a_comb_and_nothing():
+    square = np.zeros((64, 64), dtype=bool)
+    square[16:48, 16:48] = True
+    comb = np.zeros((64, 64), dtype=bool)
+    comb[8:56, 8:56:4] = True  # twelve one-pixel teeth
+    comb[8:12, 8:56] = True
+    assert compactness(disc(20)) > 0.85
+    assert 0.75 < compactness(square) < compactness(disc(20))
+    assert compactness(comb) < 0.1
+    assert compactness(np.zeros((8, 8), dtype=bool)) == 0.0
+
+
+def test_border_clearance_is_zero_for_the_box_and_one_for_a_mask_inside_it():
+    assert border_clearance(np.ones((40, 60), dtype=bool)) == 0.0
+    assert border_clearance(disc(20, size=64)[8:56, 8:56]) == pytest.approx(1.0, abs=0.1)  # touches each side
+    left_half = np.zeros((100, 100), dtype=bool)
+    left_half[:, :50] = True  # band of 3 pixels: the left side and half of the top and bottom are covered
+    assert border_clearance(left_half) == pytest.approx(1 - (3 * 100 + 2 * 3 * 47) / (4 * 3 * 100 - 4 * 9))
+
+
+def test_shape_evidence_reads_each_mask_in_its_own_box():
+    box = torch.zeros(2, 96, 96)
+    box[0, 16:80, 16:80] = 1
+    box[1, 32:64, 8:88] = 1
+    masks = torch.zeros(2, 96, 96)
+    masks[0, 16:80, 16:80] = torch.from_numpy(disc(30)).float()
+    masks[1] = box[1]  # the box itself
+    values = shape_evidence(masks, box)
+    assert values[0] > 0.8 and values[1] == 0.0
+    assert shape_evidence(masks, torch.zeros(2, 96, 96)).tolist() == [0.0, 0.0]
+
+
 def test_label_score_ranks_as_the_product_of_its_factors():
     assert label_score(1.0, 1.0) == 1.0 and label_score(0.0, 0.9) == 0.0
-    assert label_score(0.9, 0.0625) == pytest.approx(0.9**0.25 * 0.5)
+    assert label_score(0.9, 0.0625) == pytest.approx((0.9 * 0.0625) ** (1 / 6))
     assert label_score(0.9, 0.1) > label_score(0.8, 0.1) > label_score(0.8, 0.05)
 
 
