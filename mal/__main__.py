@@ -1,4 +1,5 @@
-"""`python -m mal fit|validate|test|predict --config ...` (Lightning CLI) and `python -m mal evaluate`.
+"""`python -m mal fit|validate|test|predict --config ...` (Lightning CLI), `python -m mal evaluate` and
+`python -m mal selftrain` (the from-scratch recipe's fits and labelling rounds, `mal.self_training`).
 
 One config serves every command (configs/mal/coco128_cpu.yaml). `predict` writes the labels where
 `writer.label_dump_path` says and nothing else: the config's loggers, checkpoint and learning-rate
@@ -157,6 +158,11 @@ def cli_main(argv: list[str] | None = None) -> MALCLI | None:
     args = sys.argv[1:] if argv is None else argv
     if args and args[0] == "evaluate":
         evaluate_main(args[1:])
+        return None
+    if args and args[0] == "selftrain":
+        from mal.self_training import main as self_training_main  # it drives this CLI: imported when asked for
+
+        self_training_main(args[1:])
         return None
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter")  # argv is sys.argv, expanded
     return MALCLI(

@@ -237,9 +237,37 @@ class MALModule(L.LightningModule):
         box_mask = (F.interpolate(batch["box_mask"], size=(size, size), mode="area") > 0.5).float()
         student_logits = self.student(self.normalise(batch["student_image"]), batch["box_area"], size).float()
         student = student_logits.sigmoid()
+        loss_mil = mil_loss(student, box_mask)
+        step = self.global_step
+        mil_weight = hp.loss_mil_weight * ramp(step, hp.loss_mil_step)
+        crf_weight = hp.loss_crf_weight * ramp(step, hp.loss_crf_step)
+        loss = mil_weight * loss_mil
+        logged = {"train/loss_mil": loss_mil, "train/mil_weight": mil_weight}
+        if hp.loss_crf_weight > 0:  # without it neither the teacher's forward pass nor the CRF is needed
+            loss_crf = self.crf_term(student, batch, box_mask)
+            loss = loss + crf_weight * loss_crf
+            logged.update({"train/loss_crf": loss_crf, "train/crf_weight": crf_weight})
+        if hp.loss_pairwise_weight > 0:
+            loss_pairwise = self.pairwise_term(student_logits, batch["image"], box_mask)
+            pairwise_weight = hp.loss_pairwise_weight * ramp(step, hp.loss_pairwise_step)
+            loss = loss + pairwise_weight * loss_pairwise
+            logged.update({"train/loss_pairwise": loss_pairwise, "train/pairwise_weight": pairwise_weight})
+        if hp.loss_mask_weight > 0 and "mask" in batch:
+            loss_mask = self.mask_term(student, batch, size)
+            loss = loss + hp.loss_mask_weight * loss_mask
+            logged["train/loss_mask"] = loss_mask
+        batch_size = len(batch["image"])
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
+        self.log_dict(logged, batch_size=batch_size)
+        return loss
+
+    def crf_term(self, student: torch.Tensor, batch: dict, box_mask: torch.Tensor) -> torch.Tensor:
+        """MAL's CRF loss: Dice of the student's B x 1 x L x L probabilities against the mean-field refinement
+        of the student and EMA teacher's average (`mal.losses.crf_pseudo_label`), at loss_size / crf_size_ratio."""
+        hp = self.hparams
         with torch.no_grad():
-            teacher = self.teacher(self.normalise(batch["image"]), batch["box_area"], size).float().sigmoid()
-        crf_side = size // hp.crf_size_ratio
+            teacher = self.teacher(self.normalise(batch["image"]), batch["box_area"], hp.loss_size).float().sigmoid()
+        crf_side = hp.loss_size // hp.crf_size_ratio
 
         def at_crf_size(x):
             return F.interpolate(x, size=(crf_side, crf_side), mode="bilinear", align_corners=False)
@@ -255,35 +283,7 @@ class MALModule(L.LightningModule):
             hp.crf_value_low_thres,
             hp.crf_value_high_thres,
         )
-        loss_mil = mil_loss(student, box_mask)
-        loss_crf = crf_loss(at_crf_size(student), pseudo)
-        step = self.global_step
-        mil_weight = hp.loss_mil_weight * ramp(step, hp.loss_mil_step)
-        crf_weight = hp.loss_crf_weight * ramp(step, hp.loss_crf_step)
-        loss = mil_weight * loss_mil + crf_weight * loss_crf
-        logged = {}
-        if hp.loss_pairwise_weight > 0:
-            loss_pairwise = self.pairwise_term(student_logits, batch["image"], box_mask)
-            pairwise_weight = hp.loss_pairwise_weight * ramp(step, hp.loss_pairwise_step)
-            loss = loss + pairwise_weight * loss_pairwise
-            logged = {"train/loss_pairwise": loss_pairwise, "train/pairwise_weight": pairwise_weight}
-        if hp.loss_mask_weight > 0 and "mask" in batch:
-            loss_mask = self.mask_term(student, batch, size)
-            loss = loss + hp.loss_mask_weight * loss_mask
-            logged["train/loss_mask"] = loss_mask
-        batch_size = len(batch["image"])
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
-        self.log_dict(
-            {
-                "train/loss_mil": loss_mil,
-                "train/loss_crf": loss_crf,
-                "train/mil_weight": mil_weight,
-                "train/crf_weight": crf_weight,
-                **logged,
-            },
-            batch_size=batch_size,
-        )
-        return loss
+        return crf_loss(at_crf_size(student), pseudo)
 
     def pairwise_term(self, logits: torch.Tensor, images: torch.Tensor, box_mask: torch.Tensor) -> torch.Tensor:
         """BoxInst's pairwise loss of the student's B x 1 x L x L logits against the uint8 crops' colours."""

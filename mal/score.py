@@ -1,12 +1,13 @@
 """MAL's label score (`mal_score`): which labels a reviewer should check first.
 
-The score (`label_score`) is the geometric mean of the mask's expected IoU under its own probabilities and
-five measured signs of a label that box supervision gets right (`image_evidence`): an object whose colours
+The score (`label_score`) is a weighted geometric mean of the mask's expected IoU under its own probabilities
+and five measured signs of a label that box supervision gets right (`image_evidence`): an object whose colours
 stand out from its surroundings, that fills much of its box, whose mask outline runs along image edges, whose
 mask is compact, and which leaves part of its box's border free (a mask along the whole border is the box
 itself: what the model draws where it has not found the object). On coco128 with the from-scratch recipe,
-offline, their product ranked labels by their real IoU with Spearman 0.51 / 0.54 on two checkpoints, against
-0.46 / 0.48 without the last two signs and 0.22-0.29 for the expected IoU alone (BENCHMARKS.md).
+offline, it ranked labels by their real IoU with Spearman 0.52 / 0.56 on the two checkpoints its weights were
+chosen on and 0.52 on a third; with equal weights 0.51 / 0.54 / 0.50, without the last two signs 0.46 / 0.48,
+the expected IoU alone 0.22-0.29 (BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -31,14 +32,18 @@ def expected_iou(probs: torch.Tensor, mask: torch.Tensor) -> float:
     return float((p * m).sum() / union) if union > 0 else 0.0
 
 
-EVIDENCE_FACTORS = 5  # the factors multiplied in `image_evidence`
+# Exponents of the factors of `image_evidence` in the score (the expected IoU's is 1). Chosen on coco128 among
+# 0.5 / 1 / 2 on two checkpoints' labels and checked on a third (BENCHMARKS.md): edge alignment counts double,
+# colour separability and compactness half.
+EVIDENCE_WEIGHTS = {"separability": 0.5, "fill": 1.0, "edge_alignment": 2.0, "compactness": 0.5, "clearance": 1.0}
 BORDER_BAND = 0.03  # width of the box's border band in `border_clearance`, as a share of the box's shorter side
 
 
 def label_score(expected: float, evidence: float) -> float:
-    """The geometric mean of the six factors, the expected IoU and the five of `image_evidence` (their
-    product): it ranks as the product does, on a scale where a typical label is near one half, not near 0.01."""
-    return max(expected * evidence, 0.0) ** (1 / (1 + EVIDENCE_FACTORS))
+    """The weighted geometric mean of the expected IoU and the factors of `image_evidence` (`evidence` is their
+    weighted product): it ranks as the product does, on a scale where a typical label is near one half, not near
+    0.01."""
+    return max(expected * evidence, 0.0) ** (1 / (1 + sum(EVIDENCE_WEIGHTS.values())))
 
 
 def colour_separability(image: torch.Tensor, mask: torch.Tensor, box_mask: torch.Tensor) -> torch.Tensor:
@@ -82,24 +87,26 @@ def border_clearance(mask: np.ndarray) -> float:
     return 1.0 - float(mask[ring].mean())
 
 
-def shape_evidence(masks: torch.Tensor, box_masks: torch.Tensor) -> torch.Tensor:
-    """Per crop, `compactness` x `border_clearance` of its mask cut to its box. masks, box_masks: B x C x C
-    (0/1); returns B values in [0, 1] (0 for an empty box)."""
+def mask_shape(masks: torch.Tensor, box_masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per crop, the `compactness` and the `border_clearance` of its mask cut to its box. masks, box_masks:
+    B x C x C (0/1); returns two tensors of B values in [0, 1] (0 for an empty box)."""
     values = []
     for mask, box in zip(masks.bool().cpu().numpy(), box_masks.bool().cpu().numpy()):
         rows, cols = np.flatnonzero(box.any(axis=1)), np.flatnonzero(box.any(axis=0))
         if not len(rows):
-            values.append(0.0)
+            values.append((0.0, 0.0))
             continue
         in_box = mask[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
-        values.append(compactness(in_box) * border_clearance(in_box))
-    return torch.tensor(values)
+        values.append((compactness(in_box), border_clearance(in_box)))
+    compact, clearance = torch.tensor(values, dtype=torch.float32).view(-1, 2).unbind(dim=1)
+    return compact, clearance
 
 
 def image_evidence(
     probs: torch.Tensor, crops: torch.Tensor, box_masks: torch.Tensor, thresholds: torch.Tensor
 ) -> torch.Tensor:
-    """Per crop, colour separability x box fill x edge alignment x `shape_evidence` of its mask.
+    """Per crop, the product of colour separability, box fill, edge alignment and `mask_shape` of its mask, each
+    to its power in EVIDENCE_WEIGHTS.
 
     probs: B x S x S foreground probabilities of B crops; crops: B x 3 x C x C uint8; box_masks: B x C x C
     (0/1); thresholds: B probabilities above which a pixel is in the mask (as the label is cut). Returns B
@@ -120,5 +127,12 @@ def image_evidence(
     crop_size = box_masks.shape[-1]  # the shape is read at the crop's own size, probabilities smoothly upsampled
     crop_probs = F.interpolate(probs[:, None].float(), size=(crop_size, crop_size), mode="bilinear")[:, 0]
     crop_mask = (crop_probs > thresholds.view(-1, 1, 1).to(crop_probs)) & box_masks.bool()
-    shape = shape_evidence(crop_mask, box_masks).to(fill)
-    return colour_separability(image, mask, box) * fill * edge_alignment(*at_grid(EDGE_GRID)) * shape
+    compact, clearance = mask_shape(crop_mask, box_masks)
+    factors = {
+        "separability": colour_separability(image, mask, box),
+        "fill": fill,
+        "edge_alignment": edge_alignment(*at_grid(EDGE_GRID)),
+        "compactness": compact.to(fill),
+        "clearance": clearance.to(fill),
+    }
+    return torch.stack([factors[name] ** weight for name, weight in EVIDENCE_WEIGHTS.items()]).prod(dim=0)

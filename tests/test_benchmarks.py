@@ -4,11 +4,12 @@ command lines must parse."""
 import importlib.util
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import yaml
 from conftest import REPO
+
+import mal.self_training
 
 BENCHMARKS = sorted((REPO / "benchmarks").glob("*.py"))
 
@@ -62,78 +63,14 @@ def test_mal_predict_table_names_the_cpu_capability_and_precision(monkeypatch):
 def test_mal_coco128_takes_documented_overrides_in_both_spellings(monkeypatch):
     module = load(REPO / "benchmarks" / "mal_coco128.py", monkeypatch)
     seen = {}
-    monkeypatch.setattr(module, "cli_main", lambda argv: seen.setdefault("argv", argv) and exit(0))
+    monkeypatch.setattr(mal.self_training, "cli_main", lambda argv: seen.setdefault("argv", argv) and exit(0))
     monkeypatch.setattr(sys, "argv", ["mal_coco128.py", "--minutes", "0", "trainer.max_steps=450", "--model.lr=1e-5"])
     with pytest.raises(SystemExit):
         module.main()
     assert seen["argv"][-2:] == ["--trainer.max_steps=450", "--model.lr=1e-5"]
-    assert module.cli_overrides(["--data.batch_size", "8"]) == ["--data.batch_size", "8"]
+    assert mal.self_training.cli_overrides(["--data.batch_size", "8"]) == ["--data.batch_size", "8"]
     configs = [arg for arg in seen["argv"] if arg.startswith("--config=")]  # the from-scratch recipe on top
     assert [Path(arg).name for arg in configs] == ["coco128_cpu.yaml", "scratch_cpu.yaml"]
-
-
-def test_mal_coco128_fits_a_self_training_round_from_the_first_rounds_labels(monkeypatch, tmp_path):
-    """fit -> predict the training boxes -> fit again from that checkpoint on those labels -> predict."""
-    module = load(REPO / "benchmarks" / "mal_coco128.py", monkeypatch)
-    calls = []
-
-    def fake_cli(argv):
-        calls.append(argv)
-        if len(calls) == 4:
-            raise SystemExit(0)  # the final predict: nothing to evaluate here
-        trainer = SimpleNamespace(
-            checkpoint_callback=SimpleNamespace(last_model_path=f"round{len(calls)}.ckpt"),
-            current_epoch=9,
-            global_step=450,
-            max_epochs=9,
-            precision="bf16-mixed",
-            precision_reason="test",
-        )
-        return SimpleNamespace(trainer=trainer)
-
-    monkeypatch.setattr(module, "cli_main", fake_cli)
-    monkeypatch.setattr(sys, "argv", ["mal_coco128.py", "--out", str(tmp_path), "model.lr=1e-5"])
-    with pytest.raises(SystemExit):
-        module.main()
-    assert [argv[0] for argv in calls] == ["fit", "predict", "fit", "predict"]
-    round_one = f"--writer.label_dump_path={tmp_path / 'round1_labels.json'}"
-    assert round_one in calls[1] and "--ckpt_path=round1.ckpt" in calls[1]
-    assert f"--data.train_ann_path={tmp_path / 'round1_labels.json'}" in calls[2]
-    assert "--model.pretrained_path=round1.ckpt" in calls[2]
-    assert any(arg.endswith("scratch_selftrain_cpu.yaml") for arg in calls[2])
-    assert "--ckpt_path=round3.ckpt" in calls[3] and all("--model.lr=1e-5" in argv for argv in calls)
-
-
-def test_mal_coco128_chains_self_training_rounds_each_from_the_one_before(monkeypatch, tmp_path):
-    """Two `--self_training` files: fit -> label -> fit -> label -> fit, each round on its own config."""
-    module = load(REPO / "benchmarks" / "mal_coco128.py", monkeypatch)
-    calls = []
-
-    def fake_cli(argv):
-        calls.append(argv)
-        if len(calls) == 6:
-            raise SystemExit(0)
-        trainer = SimpleNamespace(
-            checkpoint_callback=SimpleNamespace(last_model_path=f"call{len(calls)}.ckpt"),
-            current_epoch=4,
-            global_step=200,
-            max_epochs=4,
-            precision="bf16-mixed",
-            precision_reason="test",
-        )
-        return SimpleNamespace(trainer=trainer)
-
-    monkeypatch.setattr(module, "cli_main", fake_cli)
-    rounds = ["--self_training", "a.yaml", "--self_training", "b.yaml"]
-    monkeypatch.setattr(sys, "argv", ["mal_coco128.py", "--out", str(tmp_path), *rounds])
-    with pytest.raises(SystemExit):
-        module.main()
-    assert [argv[0] for argv in calls] == ["fit", "predict", "fit", "predict", "fit", "predict"]
-    assert "--ckpt_path=call3.ckpt" in calls[3]
-    assert f"--writer.label_dump_path={tmp_path / 'round2_labels.json'}" in calls[3]
-    assert "--config=a.yaml" in calls[2] and "--config=b.yaml" in calls[4]
-    assert f"--data.train_ann_path={tmp_path / 'round2_labels.json'}" in calls[4]
-    assert "--model.pretrained_path=call3.ckpt" in calls[4] and "--ckpt_path=call5.ckpt" in calls[5]
 
 
 def test_the_from_scratch_recipe_is_layered_on_the_full_config(capsys):

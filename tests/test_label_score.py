@@ -14,7 +14,7 @@ from mal.score import (
     expected_iou,
     image_evidence,
     label_score,
-    shape_evidence,
+    mask_shape,
 )
 
 
@@ -94,16 +94,18 @@ def test_border_clearance_is_zero_for_the_box_and_one_for_a_mask_inside_it():
     assert border_clearance(left_half) == pytest.approx(1 - (3 * 100 + 2 * 3 * 47) / (4 * 3 * 100 - 4 * 9))
 
 
-def test_shape_evidence_reads_each_mask_in_its_own_box():
+def test_mask_shape_reads_each_mask_in_its_own_box():
     box = torch.zeros(2, 96, 96)
     box[0, 16:80, 16:80] = 1
     box[1, 32:64, 8:88] = 1
     masks = torch.zeros(2, 96, 96)
     masks[0, 16:80, 16:80] = torch.from_numpy(disc(30)).float()
     masks[1] = box[1]  # the box itself
-    values = shape_evidence(masks, box)
-    assert values[0] > 0.8 and values[1] == 0.0
-    assert shape_evidence(masks, torch.zeros(2, 96, 96)).tolist() == [0.0, 0.0]
+    compact, clearance = mask_shape(masks, box)
+    assert compact[0] > 0.85 and clearance[0] > 0.9  # a disc touching each side of its box
+    assert compact[1] > 0.5 and clearance[1] == 0.0  # the box: compact, but it covers its whole border
+    empty = mask_shape(masks, torch.zeros(2, 96, 96))
+    assert empty[0].tolist() == [0.0, 0.0] and empty[1].tolist() == [0.0, 0.0]
 
 
 def test_label_score_ranks_as_the_product_of_its_factors():

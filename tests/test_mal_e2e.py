@@ -80,6 +80,7 @@ def test_fit_writes_checkpoints_metrics_and_overlays(trained):
     assert trained["steps"] > 0 and Path(trained["last"]).is_file()
     metrics = next(trained["root"].rglob("metrics.csv")).read_text()
     assert "train/loss" in metrics and "val/mIoU" in metrics and "val/mask_AP" in metrics
+    assert "train/loss_mil" in metrics and "train/loss_crf" in metrics
     assert list(trained["root"].rglob("val_overlays_step*.png"))
 
 
@@ -296,13 +297,16 @@ def test_a_self_training_round_learns_from_the_first_rounds_labels(trained, synt
         *("--data.val_ann_path", str(synthetic["val"]), "--data.val_img_dir", str(synthetic["images"])),
         f"--data.train_mask_min_score={threshold}",
         "--model.loss_mask_weight=1.0",
+        "--model.loss_crf_weight=0.0",  # as the recipe's rounds: no teacher pass, no CRF
         f"--model.pretrained_path={trained['last']}",
     ]
     cli_main(["fit", *TINY_MAL_ARGS, *round_two, *logger_args(root), "--trainer.max_epochs=1"])
     metrics = next(root.rglob("metrics.csv")).read_text().splitlines()
-    column = metrics[0].split(",").index("train/loss_mask")
+    header = metrics[0].split(",")
+    column = header.index("train/loss_mask")
     values = [float(row.split(",")[column]) for row in metrics[1:] if row.split(",")[column]]
     assert values and all(0 <= v <= 1 for v in values) and max(values) > 0
+    assert "train/loss_mil" in header and "train/loss_crf" not in header
 
 
 def test_a_mask_loss_without_masks_to_learn_from_is_refused(synthetic, tmp_path):

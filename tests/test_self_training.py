@@ -1,12 +1,17 @@
-"""Self-training: the training boxes' own masks (a previous run's labels) as extra supervision."""
+"""Self-training: the training boxes' own masks (a previous run's labels) as extra supervision, and the rounds of
+fits and labelling that produce them (`python -m mal selftrain`)."""
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
+import mal.self_training
 from labelkit.coco import load_coco
+from mal.__main__ import cli_main
 from mal.data import BoxCropDataset
 from mal.module import MALModule
 
@@ -69,3 +74,64 @@ def test_mask_loss_counts_only_the_boxes_with_a_mask():
     assert float(model.mask_term(student, batch, 16)) < 1e-4
     batch["mask_valid"] = torch.tensor([1.0, 1.0])
     assert float(model.mask_term(student, batch, 16)) > 0.4
+
+
+def fake_cli(calls: list, last_call: int):
+    """Stands in for `mal.__main__.cli_main`: records each command line; a fit returns a trainer whose last
+    checkpoint is named after the call; the `last_call`-th call stops the run."""
+
+    def cli(argv):
+        calls.append(argv)
+        if len(calls) == last_call:
+            raise SystemExit(0)
+        trainer = SimpleNamespace(
+            checkpoint_callback=SimpleNamespace(last_model_path=f"call{len(calls)}.ckpt"),
+            current_epoch=4,
+            global_step=200,
+            max_epochs=4,
+            precision="bf16-mixed",
+            precision_reason="test",
+        )
+        return SimpleNamespace(trainer=trainer)
+
+    return cli
+
+
+def test_self_train_fits_labels_and_fits_again_from_the_last_model(monkeypatch, tmp_path):
+    """fit -> label the training boxes -> fit from that checkpoint on those labels -> ... -> label."""
+    calls = []
+    monkeypatch.setattr(mal.self_training, "cli_main", fake_cli(calls, last_call=6))
+    argv = ["--ann", "boxes.json", "--images", "imgs", "--out", str(tmp_path), "--self_training", "a.yaml"]
+    with pytest.raises(SystemExit):
+        mal.self_training.main([*argv, "--self_training", "b.yaml", "model.lr=1e-5"])
+    assert [argv[0] for argv in calls] == ["fit", "predict", "fit", "predict", "fit", "predict"]
+    assert "--ckpt_path=call1.ckpt" in calls[1] and "--ckpt_path=call3.ckpt" in calls[3]
+    assert f"--writer.label_dump_path={tmp_path / 'round2_labels.json'}" in calls[3]
+    assert all("--data.predict_ann_path=boxes.json" in argv for argv in calls[1::2])
+    assert "--config=a.yaml" in calls[2] and "--config=b.yaml" in calls[4]
+    assert f"--data.train_ann_path={tmp_path / 'round1_labels.json'}" in calls[2]
+    assert f"--data.train_ann_path={tmp_path / 'round2_labels.json'}" in calls[4]
+    assert "--model.pretrained_path=call3.ckpt" in calls[4] and "--ckpt_path=call5.ckpt" in calls[5]
+    assert f"--writer.label_dump_path={tmp_path / 'labels.json'}" in calls[5]
+    assert all("--model.lr=1e-5" in argv for argv in calls)
+    assert all(any(arg.endswith("scratch_cpu.yaml") for arg in argv) for argv in calls)  # the default recipe
+    assert all(arg.startswith("--trainer.max_time=00:00:") for arg in (calls[0][-2], calls[2][-2]))
+
+
+def test_self_train_without_rounds_fits_once_and_labels(monkeypatch, tmp_path):
+    calls = []
+    monkeypatch.setattr(mal.self_training, "cli_main", fake_cli(calls, last_call=99))
+    argv = ["--ann", "boxes.json", "--images", "imgs", "--out", str(tmp_path), "--self_training", "none"]
+    mal.self_training.main(argv)
+    assert [argv[0] for argv in calls] == ["fit", "predict"]
+    result = json.loads((tmp_path / "self_training.json").read_text())
+    assert result["checkpoint"] == "call1.ckpt" and result["rounds"] == [
+        {"steps": 200, "epochs": 4, "stopped_by": "max_epochs 4"}
+    ]
+    assert result["labels"] == str(tmp_path / "labels.json")
+
+
+def test_selftrain_is_a_command_of_python_m_mal(monkeypatch):
+    seen = {}
+    monkeypatch.setattr(mal.self_training, "main", lambda argv: seen.setdefault("argv", argv))
+    assert cli_main(["selftrain", "--ann", "a.json"]) is None and seen["argv"] == ["--ann", "a.json"]
