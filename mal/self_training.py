@@ -31,8 +31,13 @@ DEFAULT_ROUNDS = ("scratch_selftrain_cpu.yaml", "scratch_selftrain_cpu.yaml")
 
 
 def cli_overrides(items: list[str]) -> list[str]:
-    """`key=value` and `--key=value` (or `--key value`) settings as Lightning CLI arguments (`--key=value`)."""
-    return [f"--{item}" if "=" in item and not item.startswith("-") else item for item in items]
+    """`key=value`, `--key=value` and `--key value` settings, in their order, as Lightning CLI arguments: a bare
+    `key=value` becomes `--key=value` unless it is the value of the `--key` before it."""
+    out = []
+    for item in items:
+        is_value = bool(out) and out[-1].startswith("--") and "=" not in out[-1]
+        out.append(f"--{item}" if "=" in item and not item.startswith("-") and not is_value else item)
+    return out
 
 
 def self_train(
@@ -118,16 +123,16 @@ def self_train(
 
 def argument_parser(description: str, out: str) -> argparse.ArgumentParser:
     """The options of `python -m mal selftrain` (and of benchmarks/mal_coco128.py, which adds its own)."""
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
     parser.add_argument("--minutes", type=float, default=30.0, help="wall-clock budget of all the fits together")
     parser.add_argument("--config", action="append", help="a Lightning CLI config (repeat to layer several)")
     parser.add_argument(
         "--self_training", action="append", help="config of a self-training round (repeat for more; none: no round)"
     )
     parser.add_argument("--out", default=out, help="folder for the labels, checkpoints and logs")
-    parser.add_argument(
-        "overrides", nargs="*", help="Lightning CLI settings: key=value or --key=value, e.g. trainer.max_epochs=9"
-    )
+    parser.epilog = "Any other argument is a Lightning CLI setting: key=value, --key=value or --key value."
     return parser
 
 
@@ -135,7 +140,7 @@ def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.N
     """Parse, filling the default configs and rounds; `--key=value` settings the parser does not know are
     overrides as well."""
     args, unknown = parser.parse_known_args(argv)
-    args.overrides = cli_overrides([*args.overrides, *unknown])
+    args.overrides = cli_overrides(unknown)
     args.config = args.config or [str(CONFIG_DIR / name) for name in DEFAULT_CONFIGS]
     rounds = args.self_training or [str(CONFIG_DIR / name) for name in DEFAULT_ROUNDS]
     args.self_training = [path for path in rounds if path.lower() != "none"]

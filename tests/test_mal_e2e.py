@@ -313,3 +313,23 @@ def test_a_mask_loss_without_masks_to_learn_from_is_refused(synthetic, tmp_path)
     args = [*TINY_MAL_ARGS, *data_args(synthetic), *logger_args(tmp_path), "--model.loss_mask_weight=1.0"]
     with pytest.raises(ValueError, match="needs data.train_mask_min_score"):
         cli_main(["fit", *args, "--trainer.max_epochs=1"])
+
+
+def test_selftrain_fits_two_rounds_and_labels_every_box(synthetic, tmp_path):
+    """`python -m mal selftrain` for real on the tiny model: fit, label, fit, label, fit, label."""
+    out = tmp_path / "selftrain"
+    argv = ["selftrain", "--ann", str(synthetic["train"]), "--images", str(synthetic["images"]), "--out", str(out)]
+    cli_main([*argv, *TINY_MAL_ARGS, "trainer.max_epochs=1", "--model.test_crf_num_iter", "2"])
+    summary = json.loads((out / "self_training.json").read_text())
+    assert len(summary["rounds"]) == 3 and all(r["steps"] > 0 for r in summary["rounds"])
+    boxes = json.loads(synthetic["train"].read_text())["annotations"]
+    for name in ("round1_labels.json", "round2_labels.json", "labels.json"):
+        labels = json.loads((out / name).read_text())["annotations"]
+        assert [a["id"] for a in labels] == [a["id"] for a in boxes]
+        assert all(a["segmentation"]["counts"] and 0 <= a["mal_score"] <= 1 for a in labels)
+    round_logs = sorted(out.glob("fit/version_*/metrics.csv"))
+    assert len(round_logs) == 3
+    assert "train/loss_crf" in round_logs[0].read_text().splitlines()[0]
+    for log in round_logs[1:]:  # the rounds: the masks' loss, no CRF
+        header = log.read_text().splitlines()[0]
+        assert "train/loss_mask" in header and "train/loss_crf" not in header

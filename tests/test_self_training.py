@@ -135,3 +135,14 @@ def test_selftrain_is_a_command_of_python_m_mal(monkeypatch):
     seen = {}
     monkeypatch.setattr(mal.self_training, "main", lambda argv: seen.setdefault("argv", argv))
     assert cli_main(["selftrain", "--ann", "a.json"]) is None and seen["argv"] == ["--ann", "a.json"]
+
+
+def test_settings_keep_their_order_in_every_spelling():
+    parser = mal.self_training.argument_parser("test", "out")
+    argv = ["--model.arch", "vit", "trainer.max_epochs=3", "--data.crop_size", "32", "--trainer.logger", "a=b"]
+    args = mal.self_training.parse(parser, [*argv, "--minutes", "5"])
+    assert args.minutes == 5.0
+    assert args.overrides == ["--model.arch", "vit", "--trainer.max_epochs=3", "--data.crop_size", "32"] + [
+        "--trainer.logger",
+        "a=b",  # the value of the flag before it, not a setting of its own
+    ]
