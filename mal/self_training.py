@@ -72,7 +72,7 @@ def self_train(
 
     def fit(*extra: str):
         left = max(int(budget - (time.time() - start)), 1)
-        limit = f"--trainer.max_time=00:00:{left // 60:02d}:{left % 60:02d}"
+        limit = f"--trainer.max_time={left // 86400:02d}:{left // 3600 % 24:02d}:{left // 60 % 60:02d}:{left % 60:02d}"
         return cli_main(["fit", *common, *extra, "--trainer.limit_val_batches=0", limit, *overrides])
 
     def label(checkpoint: str, labels: Path) -> None:
