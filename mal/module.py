@@ -36,6 +36,15 @@ def is_degenerate(box_xyxy, height: int, width: int) -> bool:
     return min(x1, width) - max(x0, 0) < 1 or min(y1, height) - max(y0, 0) < 1
 
 
+def per_size(value: list[float] | float, name: str) -> list[float]:
+    """One value or three (small / medium / large boxes, `mal.decoder.size_bucket`) as three probabilities;
+    ValueError naming the setting otherwise."""
+    values = [value] if isinstance(value, (int, float)) else list(value)
+    if len(values) not in (1, 3) or not all(0 <= v <= 1 for v in values):
+        raise ValueError(f"model.{name} must be one or three values in [0, 1], got {value}")
+    return values * 3 if len(values) == 1 else values
+
+
 def box_areas(boxes_xyxy: torch.Tensor) -> torch.Tensor:
     """Areas (float32) of N x 4 xyxy boxes, which pick each box's size bucket."""
     return ((boxes_xyxy[:, 2] - boxes_xyxy[:, 0]) * (boxes_xyxy[:, 3] - boxes_xyxy[:, 1])).float()
@@ -63,6 +72,7 @@ PREDICTION_OPTIONS = (
     "test_crf_size",
     "test_crf_kernel_size",
     "test_crf_colour_weight",
+    "test_crf_unary_max",
 )
 
 
@@ -112,6 +122,8 @@ class MALModule(L.LightningModule):
             size x size grid, crf_zeta as colour bandwidth); 0 iterations = off, as the original MAL.
         test_crf_colour_weight: weight of the crop's colour model (`mal.crf.colour_log_ratio`, GrabCut's idea)
             in the refinement's unary; 0 = colour edges only.
+        test_crf_unary_max: cap on the model's probability in the refinement's unary, one value or three
+            (small / medium / large boxes): lower lets the crop's colours overrule a confident mask.
         compile_backbone: `torch.compile` the ViT for prediction (Inductor, frozen weights, dynamic batch
             size). The first batch compiles (about 25 s for ViT-Tiny on this project's 2-core CPU); after
             that the predict path ran 0.91-1.15x (median 1.05x) as fast as eager there (BENCHMARKS.md), so it
@@ -168,13 +180,12 @@ class MALModule(L.LightningModule):
         test_crf_size: int = 48,
         test_crf_kernel_size: int = 7,
         test_crf_colour_weight: float = 0.0,
+        test_crf_unary_max: list[float] | float = 0.95,
     ):
         super().__init__()
         self.save_hyperparameters()
-        thresholds = [mask_thres] if isinstance(mask_thres, (int, float)) else list(mask_thres)
-        if len(thresholds) not in (1, 3) or not all(0 <= t <= 1 for t in thresholds):
-            raise ValueError(f"model.mask_thres must be one or three values in [0, 1], got {mask_thres}")
-        self.mask_thresholds = thresholds * 3 if len(thresholds) == 1 else thresholds
+        self.mask_thresholds = per_size(mask_thres, "mask_thres")
+        self.unary_maxima = per_size(test_crf_unary_max, "test_crf_unary_max")
         self.student = build_mask_net(
             arch,
             crop_size,
@@ -370,8 +381,9 @@ class MALModule(L.LightningModule):
                     hp.crf_zeta,
                     hp.test_crf_num_iter,
                     hp.get("test_crf_colour_weight", 0.0),
+                    high=self.by_size(self.unary_maxima, areas[chunk]).to(self.device),
                 )
-            thresholds = self.box_thresholds(areas[chunk])
+            thresholds = self.by_size(self.mask_thresholds, areas[chunk])
             return logits.cpu(), image_evidence(logits.sigmoid(), images, box_masks, thresholds).cpu()
 
         outputs = map_chunks(forward, sum(counts), hp.max_boxes_per_forward)  # fewer boxes at once on OOM
@@ -383,9 +395,10 @@ class MALModule(L.LightningModule):
             for sample, image_logits, crop_evidence in zip(samples, logits.split(counts), evidence.split(counts))
         ]
 
-    def box_thresholds(self, areas: torch.Tensor) -> torch.Tensor:
-        """The mask threshold of each box (N areas in pixels), by its size bucket (`mask_thres`)."""
-        return torch.tensor(self.mask_thresholds)[size_bucket(areas.cpu())]
+    @staticmethod
+    def by_size(values: list[float], areas: torch.Tensor) -> torch.Tensor:
+        """N values for N boxes (areas in pixels): each box's of the three `values` by its size bucket."""
+        return torch.tensor(values)[size_bucket(areas.cpu())]
 
     def predicting_nets(self) -> list[MaskNet]:
         """The network(s) whose logits label the boxes: the student, the teacher, or both."""
@@ -411,7 +424,7 @@ class MALModule(L.LightningModule):
         label's score is `mal.score.label_score` of its expected IoU and its crop's image evidence."""
         height, width = sample["image"].shape[1:]
         boxes, crop_boxes = sample["boxes"], sample["crop_boxes"]
-        thresholds = self.box_thresholds(box_areas(boxes.cpu()))
+        thresholds = self.by_size(self.mask_thresholds, box_areas(boxes.cpu()))
         results = []
         for i, box in enumerate(boxes.tolist()):
             if is_degenerate(box, height, width):

@@ -7,11 +7,12 @@ one time budget.
 
 The configs default to configs/mal/coco128_cpu.yaml + configs/mal/scratch_cpu.yaml (`--config`, repeatable,
 replaces the pair), the rounds to two of configs/mal/scratch_selftrain_cpu.yaml (`--self_training none`: no
-round). The `key=value` settings (Lightning CLI keys, e.g. `trainer.max_epochs=9`) apply to every fit and every
-labelling; a setting for one round alone goes into that round's config. Writes OUT/labels.json (every box of
---ann, its mask and mal_score), OUT/round<k>_labels.json (the k-th model's labels, which the next fit learns
-from), the fits' checkpoints and CSV logs under OUT/fit and a summary in OUT/self_training.json. No mask of
---ann is read, and no validation steers the fits.
+round; a round's config also applies to labelling the boxes it learns from). The `key=value` settings
+(Lightning CLI keys, e.g. `trainer.max_epochs=9`) apply to every fit and every labelling; a setting for one
+round alone goes into that round's config. Writes OUT/labels.json (every box of --ann, its mask and
+mal_score), OUT/round<k>_labels.json (the k-th model's labels, which the next fit learns from), the fits'
+checkpoints and CSV logs under OUT/fit and a summary in OUT/self_training.json. No mask of --ann is read, and
+no validation steers the fits.
 """
 
 from __future__ import annotations
@@ -50,8 +51,9 @@ def self_train(
     overrides: tuple[str, ...] = (),
 ) -> dict:
     """Fit, then per config in `rounds`: label the training boxes and fit again from the last model on those
-    labels; then label the boxes with the last model. The fits share a wall-clock budget of `minutes`
-    (Lightning's max_time: a fit stops when it is spent); the last labelling is outside it.
+    labels, both with that config on top of `configs` (its prediction settings shape the masks the round
+    learns from); then label the boxes with the last model under `configs` alone. The fits share a wall-clock
+    budget of `minutes` (Lightning's max_time: a fit stops when it is spent); the last labelling is outside it.
 
     Returns {"labels", "checkpoint", "rounds": [{steps, epochs, stopped_by}], "fit_seconds",
     "predict_seconds", "cpu_capability", "precision", "precision_reason"} and writes it to
@@ -75,11 +77,12 @@ def self_train(
         limit = f"--trainer.max_time={left // 86400:02d}:{left // 3600 % 24:02d}:{left // 60 % 60:02d}:{left % 60:02d}"
         return cli_main(["fit", *common, *extra, "--trainer.limit_val_batches=0", limit, *overrides])
 
-    def label(checkpoint: str, labels: Path) -> None:
+    def label(checkpoint: str, labels: Path, *extra: str) -> None:
         cli_main(
             [
                 "predict",
                 *common,
+                *extra,
                 f"--data.predict_ann_path={ann}",
                 f"--data.predict_img_dir={images}",
                 f"--ckpt_path={checkpoint}",
@@ -98,7 +101,7 @@ def self_train(
     done = [summary(cli)]
     for config in rounds:
         round_labels = out / f"round{len(done)}_labels.json"
-        label(checkpoint, round_labels)
+        label(checkpoint, round_labels, f"--config={config}")  # the round's config makes its targets too
         cli = fit(
             f"--config={config}", f"--data.train_ann_path={round_labels}", f"--model.pretrained_path={checkpoint}"
         )

@@ -44,6 +44,10 @@ def mal_cases(base: list[str], tmp_path) -> dict[str, tuple[list[str], str]]:
             [*base, "--model.mask_thres", "1.5"],
             "model.mask_thres must be one or three values in [0, 1]",
         ),
+        "two unary caps": (
+            [*base, "--model.test_crf_unary_max", "[0.9, 0.8]"],
+            "model.test_crf_unary_max must be one or three values in [0, 1]",
+        ),
         "crop_size not divisible by the patch size": (
             with_option(base, "--data.crop_size", "36"),
             "crop_size 36 is not divisible by the patch size 8",
@@ -116,7 +120,7 @@ def generate_cases(assets, tmp_path) -> dict[str, tuple[dict, str]]:
 
 
 MAL_CASES = ["unknown key", "threshold above 1", "crop_size not divisible by the patch size", "missing checkpoint"]
-MAL_CASES += ["missing pretrained weights"]
+MAL_CASES += ["missing pretrained weights", "two unary caps"]
 
 
 # Not tried: model options for `predict --ckpt_path`: Lightning's CLI replaces them by the checkpoint's.

@@ -160,5 +160,22 @@ def test_refine_logits_with_the_colour_model_drops_background_colour_inside_the_
     assert (with_colour[0][hole] < 0).all() and (with_colour[0][ring] > 0).all()
 
 
+def test_refine_logits_unary_cap_lets_colour_overrule_a_confident_mask():
+    # The model is sure (p = 0.95) of the whole box, blue hole included: capped at 0.95 the unary keeps the
+    # hole; capped at 0.6 the colour model overrules it. A cap per crop treats each crop as its own cap would.
+    crop, box = red_ring_on_blue()
+    logits = torch.full((1, 16, 16), torch.logit(torch.tensor(0.95)).item())
+    hole = torch.zeros(16, 16, dtype=torch.bool)
+    hole[7:9, 7:9] = True
+
+    def refine(crops, boxes, high):
+        return refine_logits(logits.expand(len(crops), -1, -1), crops, boxes, 32, 5, colour_weight=1.0, high=high)
+
+    sure, capped = refine(crop, box, 0.95), refine(crop, box, 0.6)
+    assert (sure[0][hole] > 0).all() and (capped[0][hole] < 0).all()
+    both = refine(crop.repeat(2, 1, 1, 1), box.repeat(2, 1, 1), torch.tensor([0.95, 0.6]))
+    assert torch.allclose(both[0], sure[0]) and torch.allclose(both[1], capped[0])
+
+
 def test_ramp():
     assert ramp(0, 100) == 0 and ramp(50, 100) == 0.5 and ramp(500, 100) == 1 and ramp(3, 0) == 1

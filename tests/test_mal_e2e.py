@@ -278,7 +278,8 @@ def test_a_convolutional_backbone_with_the_scratch_losses_trains_and_predicts(sy
     assert "train/loss_pairwise" in metrics
     out = tmp_path / "labels.json"
     checkpoint = {"root": tmp_path, "last": str(next(tmp_path.rglob("*.ckpt")))}
-    predict(checkpoint, synthetic["val"], synthetic["images"], out, "--model.test_crf_num_iter=3")
+    refine = ["--model.test_crf_num_iter=3", "--model.test_crf_colour_weight=1.0", "--model.test_crf_unary_max"]
+    predict(checkpoint, synthetic["val"], synthetic["images"], out, *refine, "[0.95, 0.75, 0.75]")
     labels = json.loads(out.read_text())["annotations"]
     assert len(labels) == len(json.loads(synthetic["val"].read_text())["annotations"])
     assert all(0 <= a["mal_score"] <= 1 and a["segmentation"]["counts"] for a in labels)

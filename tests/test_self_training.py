@@ -109,6 +109,8 @@ def test_self_train_fits_labels_and_fits_again_from_the_last_model(monkeypatch, 
     assert f"--writer.label_dump_path={tmp_path / 'round2_labels.json'}" in calls[3]
     assert all("--data.predict_ann_path=boxes.json" in argv for argv in calls[1::2])
     assert "--config=a.yaml" in calls[2] and "--config=b.yaml" in calls[4]
+    assert "--config=a.yaml" in calls[1] and "--config=b.yaml" in calls[3]  # each round's targets: its config
+    assert not any(arg in calls[5] for arg in ("--config=a.yaml", "--config=b.yaml"))  # the labels: the recipe's
     assert f"--data.train_ann_path={tmp_path / 'round1_labels.json'}" in calls[2]
     assert f"--data.train_ann_path={tmp_path / 'round2_labels.json'}" in calls[4]
     assert "--model.pretrained_path=call3.ckpt" in calls[4] and "--ckpt_path=call5.ckpt" in calls[5]
