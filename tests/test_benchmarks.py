@@ -83,6 +83,6 @@ def test_the_from_scratch_recipe_is_layered_on_the_full_config(capsys):
     model = config["model"]
     assert (model["mask_scale_ratio_pre"], model["mask_scale_ratio"]) == (1.4142, 1.4142)
     assert model["test_crf_num_iter"] == 20 and model["test_crf_colour_weight"] == 1.0
-    assert model["test_crf_unary_max"] == [0.95, 0.75, 0.75]
+    assert model["test_crf_unary_max"] == [0.95, 0.7, 0.7] and model["test_grabcut_num_iter"] == 3
     assert model["arch"] == "vit_tiny_patch16_224" and model["loss_pairwise_weight"] == 0.0  # from coco128_cpu.yaml
     assert config["trainer"]["max_epochs"] == 9

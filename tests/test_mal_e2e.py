@@ -334,3 +334,25 @@ def test_selftrain_fits_two_rounds_and_labels_every_box(synthetic, tmp_path):
     for log in round_logs[1:]:  # the rounds: the masks' loss, no CRF
         header = log.read_text().splitlines()[0]
         assert "train/loss_mask" in header and "train/loss_crf" not in header
+
+
+def test_grabcut_after_the_refinement_cuts_the_labels_and_keeps_them_in_their_boxes(trained, synthetic, tmp_path):
+    """`test_grabcut_num_iter` through predict: GrabCut decides the masks, each stays inside its box (give or
+    take the pasting's one-pixel fringe), every box keeps its label and score; the masks differ from the
+    refinement's own."""
+    refine = ["--model.test_crf_num_iter=3", "--model.test_crf_colour_weight=1.0"]
+    plain, cut = tmp_path / "refined.json", tmp_path / "grabcut.json"
+    predict(trained, synthetic["val"], synthetic["images"], plain, *refine)
+    predict(trained, synthetic["val"], synthetic["images"], cut, *refine, "--model.test_grabcut_num_iter=2")
+    refined, cut = (json.loads(path.read_text())["annotations"] for path in (plain, cut))
+    assert [a["id"] for a in cut] == [a["id"] for a in refined]
+    assert all(0 <= a["mal_score"] <= 1 for a in cut)
+    changed = 0
+    for before, after in zip(refined, cut):
+        mask = segmentation_to_mask(after["segmentation"], *after["segmentation"]["size"]).astype(bool)
+        x, y, w, h = after["bbox"]
+        inside = np.zeros_like(mask)  # the box and the one-pixel fringe of pasting a crop back (bilinear)
+        inside[max(int(y) - 1, 0) : int(np.ceil(y + h)) + 1, max(int(x) - 1, 0) : int(np.ceil(x + w)) + 1] = True
+        assert not (mask & ~inside).any()
+        changed += int((mask != segmentation_to_mask(before["segmentation"], *mask.shape).astype(bool)).any())
+    assert changed > 0
