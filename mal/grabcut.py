@@ -32,7 +32,7 @@ def grabcut_masks(
     foreground for certain where the probability exceeds `sure`, else probably foreground (above the crop's
     threshold) or probably background. Returns B x C x C bool. A crop with fewer than MIN_SEED_PIXELS on either
     side keeps `probs > threshold`. On coco128 (a ViT-Tiny fitted 25 min from boxes alone) after the colour
-    refinement, sure 0.9 and 3 iterations: instance mIoU 0.646 -> 0.654 (BENCHMARKS.md). The crops are cut on
+    refinement, sure 0.9 and 3 iterations: instance mIoU 0.646 -> 0.653 (BENCHMARKS.md). The crops are cut on
     torch's number of threads.
     """
     out = probs > thresholds.view(-1, 1, 1).to(probs.device)

@@ -37,11 +37,19 @@ def shard_lines(shard_dir: Path) -> int:
     return sum(p.read_bytes().count(b"\n") for p in shard_dir.glob("rank*.jsonl"))
 
 
+def interruptible() -> None:
+    """In the child before it starts: Ctrl-C's default action, as in a terminal. Tests run as a background job
+    (`make test &`, a CI runner) inherit the shell's ignored SIGINT, which the command rightly leaves alone."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def stop_when(command: list[str], progress: Callable[[], int], at_least: int, signum: int) -> Stopped:
     """Start the real command (one torch thread), send it `signum` once `progress()` reaches `at_least`, and wait
     for it to end. stderr goes to a file: a pipe nobody reads while polling could fill and stall the command."""
     with tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(command, cwd=REPO, env=ONE_THREAD, stdout=subprocess.DEVNULL, stderr=err)
+        proc = subprocess.Popen(
+            command, cwd=REPO, env=ONE_THREAD, stdout=subprocess.DEVNULL, stderr=err, preexec_fn=interruptible
+        )
         deadline = time.monotonic() + 240
         try:
             while (done := progress()) < at_least:
