@@ -49,6 +49,11 @@ def test_each_crop_uses_its_own_threshold():
     assert iou(cuts[1].numpy(), disc) > 0.95  # 0.7 is probably background: colour decides again
     loose = grabcut_masks(probs, crop, box, torch.tensor([0.5]), sure=0.5)  # the whole box seeded as certain
     assert loose[0].numpy().sum() == box[0].numpy().sum()
+    # where the threshold alone decides (the box is the crop, no certain seeds: one side stays empty), two crops
+    # alike but for their thresholds get opposite masks
+    flat, whole = torch.full((2, 64, 64), 0.7), torch.ones(2, 64, 64, dtype=torch.bool)
+    decided = grabcut_masks(flat, crop.repeat(2, 1, 1, 1), whole, torch.tensor([0.5, 0.8]))
+    assert decided[0].all() and not decided[1].any()
 
 
 def test_a_crops_mask_does_not_depend_on_its_batch():
